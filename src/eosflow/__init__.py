@@ -1,0 +1,84 @@
+"""eosflow: the sharpness-reduction theory of normalization + weight decay, on JAX.
+
+Implements Lyu, Li & Arora, *Understanding the Generalization Benefit of Normalization Layers:
+Sharpness Reduction* (NeurIPS 2022): scale-invariant losses, GD+WD (eq. 1) and its sphere form
+(eq. 2), spherical sharpness (Definition 1.1), and Edge-of-Stability diagnostics.
+
+Turn on float64 for theory checks: ``eosflow.enable_x64()`` (see :mod:`eosflow.precision`).
+"""
+
+from eosflow import losses
+from eosflow.eos import eos_onset, fit_step
+from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
+from eosflow.losses import (
+    ResidualLoss,
+    check_scale_invariance,
+    linear_regression_bn,
+    make_linear_regression_data,
+    make_matrix_completion_data,
+    matrix_completion_bn,
+    scale_invariant,
+    toy3d,
+)
+from eosflow.precision import enable_x64, x64_enabled
+from eosflow.sharpness import (
+    EigResult,
+    Sharpness,
+    dense_hessian,
+    dense_top_eigs,
+    hessian_top_eigs,
+    hvp,
+    lanczos,
+    lanczos_top_eigs,
+    power_iteration,
+    spherical_sharpness,
+)
+from eosflow.simulate import (
+    NonFiniteError,
+    Trajectory,
+    simulate,
+    simulate_sphere,
+    validate_hyperparams,
+)
+from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, sphere_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "losses",
+    "eos_onset",
+    "fit_step",
+    "GDState",
+    "StepInfo",
+    "effective_lr",
+    "gd_wd_step",
+    "ResidualLoss",
+    "check_scale_invariance",
+    "linear_regression_bn",
+    "make_linear_regression_data",
+    "make_matrix_completion_data",
+    "matrix_completion_bn",
+    "scale_invariant",
+    "toy3d",
+    "enable_x64",
+    "x64_enabled",
+    "EigResult",
+    "Sharpness",
+    "dense_hessian",
+    "dense_top_eigs",
+    "hessian_top_eigs",
+    "hvp",
+    "lanczos",
+    "lanczos_top_eigs",
+    "power_iteration",
+    "spherical_sharpness",
+    "NonFiniteError",
+    "Trajectory",
+    "simulate",
+    "simulate_sphere",
+    "validate_hyperparams",
+    "SphereState",
+    "gd_wd_eff_lr_update",
+    "norm_from_eff_lr",
+    "sphere_step",
+]

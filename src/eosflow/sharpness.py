@@ -1,0 +1,298 @@
+"""Spherical sharpness (Definition 1.1): top Hessian eigenpairs from Hessian-vector products.
+
+Spherical sharpness at ``w`` is ``λ1(∇²L(θ))`` at ``θ = w/||w||``: the largest *algebraic*
+eigenvalue of the Hessian. Away from minimizers the Hessian has negative eigenvalues of larger
+magnitude (matrix completion at a random point: −33.8 against +33.2), so plain power iteration,
+which finds the eigenvalue of largest magnitude, can return the wrong one. Both methods here
+handle it:
+
+* :func:`lanczos_top_eigs` — restarted Lanczos with full reorthogonalization; Ritz values come from
+  ``eigh`` of the tridiagonal matrix and are ordered algebraically, so the top ones are the
+  algebraically largest. Inside ``lax`` loops, so it jits and can be warm-started.
+* :func:`power_iteration` — power iteration; if the dominant eigenvalue ``μ`` it finds is negative,
+  a second run on ``A − μ I`` (all eigenvalues ``>= 0``, top one ``λ1 − μ``) returns ``λ1``.
+
+HVPs are ``jax.jvp(jax.grad(L), (θ,), (v,))[1]`` (forward-over-reverse, the autodiff cookbook's
+recipe). Every method reports the number of HVPs it used. :func:`dense_top_eigs` (``jax.hessian``
++ ``eigh``) is the reference for small ``D``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from eosflow.losses.base import global_norm
+from eosflow.params import flatten_loss
+
+Array = jax.Array
+
+__all__ = [
+    "EigResult",
+    "Sharpness",
+    "hvp",
+    "power_iteration",
+    "lanczos",
+    "lanczos_top_eigs",
+    "hessian_top_eigs",
+    "spherical_sharpness",
+    "dense_hessian",
+    "dense_top_eigs",
+]
+
+
+class EigResult(NamedTuple):
+    """Top eigenpairs of a symmetric operator.
+
+    Attributes:
+      eigenvalues: ``(k,)`` in descending (algebraic) order.
+      eigenvectors: ``(k, D)``, unit rows.
+      num_hvps: total operator applications (Hessian-vector products) used.
+      residuals: ``(k,)`` residual norms ``||A v − λ v||``.
+    """
+
+    eigenvalues: Array
+    eigenvectors: Array
+    num_hvps: Array
+    residuals: Array
+
+
+class Sharpness(NamedTuple):
+    """Spherical sharpness at a point: ``value = λ1(∇²L(θ))``, its unit eigenvector ``vector``
+    (flat, ``(D,)``) and the HVPs used."""
+
+    value: Array
+    vector: Array
+    num_hvps: Array
+
+
+def hvp(loss: Callable, w: Array, v: Array) -> Array:
+    """Hessian-vector product ``∇²L(w) v`` by ``jax.jvp`` of ``jax.grad`` (forward-over-reverse)."""
+    return jax.jvp(jax.grad(loss), (w,), (v,))[1]
+
+
+def _default_v0(D: int, dtype) -> Array:
+    v = jax.random.normal(jax.random.PRNGKey(0), (D,), dtype)
+    return v / jnp.linalg.norm(v)
+
+
+def power_iteration(
+    matvec: Callable[[Array], Array],
+    v0: Array,
+    *,
+    tol: float = 1e-7,
+    max_iter: int = 2000,
+) -> EigResult:
+    """Largest algebraic eigenpair of a symmetric operator by power iteration.
+
+    Iterates ``v ← A v / ||A v||`` until the residual ``||A v − λ v|| <= tol·|λ|`` (the eigenvalue
+    error is then ``O(tol² λ² / gap)``). If the dominant eigenvalue ``μ`` is negative it is not
+    ``λ1``; the iteration is repeated on ``A − μ I``, whose eigenvalues are ``λ_i − μ >= 0`` with
+    top ``λ1 − μ``, and ``μ`` is added back. Returns an :class:`EigResult` with ``k = 1``.
+    """
+
+    def run(shift, v):
+        def apply(x):
+            return matvec(x) - shift * x
+
+        def cond(c):
+            it, _, lam, res = c
+            return (it < max_iter) & (res > tol * jnp.abs(lam))
+
+        def body(c):
+            it, v, _, _ = c
+            Av = apply(v)
+            lam = jnp.vdot(v, Av)
+            res = jnp.linalg.norm(Av - lam * v)
+            nrm = jnp.linalg.norm(Av)
+            v_new = jnp.where(nrm > 0, Av / jnp.where(nrm > 0, nrm, 1.0), v)
+            return it + 1, v_new, lam, res
+
+        one, inf = jnp.ones((), v.dtype), jnp.asarray(jnp.inf, v.dtype)
+        it, v, _, _ = lax.while_loop(cond, body, (0, v / jnp.linalg.norm(v), one, inf))
+        # Rayleigh quotient and residual at the returned vector (one more product).
+        Av = apply(v)
+        lam = jnp.vdot(v, Av)
+        return lam + shift, v, it + 1, jnp.linalg.norm(Av - lam * v)
+
+    zero = jnp.zeros((), v0.dtype)
+    mu, v, n1, res = run(zero, v0)
+
+    def shifted(_):
+        lam, v2, n2, res2 = run(mu, v)
+        return lam, v2, n1 + n2, res2
+
+    lam, v, n, res = lax.cond(mu < 0, shifted, lambda _: (mu, v, n1, res), None)
+    return EigResult(lam[None], v[None], n, res[None])
+
+
+def lanczos(
+    matvec: Callable[[Array], Array], v0: Array, num_iter: int, key: Array | None = None
+) -> tuple[Array, Array, Array]:
+    """One cycle of Lanczos with full reorthogonalization.
+
+    Builds an orthonormal Krylov basis ``Q`` (``num_iter × D``) and the tridiagonal
+    ``T = Q A Qᵀ``. On breakdown (an invariant subspace found, ``β ≈ 0``) the next basis vector
+    is a random vector orthogonal to ``Q`` and the coupling is set to 0, so ``T`` stays exact.
+    Requires ``num_iter <= D``.
+
+    Returns:
+      ``(ritz_values (m,) descending, ritz_vectors (m, D), residuals (m,))`` with
+      ``residual_i = |β_m s_{m,i}|`` the standard Lanczos residual bound.
+    """
+    D = v0.shape[0]
+    m = num_iter
+    if m > D:
+        raise ValueError(f"lanczos: num_iter={m} exceeds the dimension D={D}")
+    key = jax.random.PRNGKey(1) if key is None else key
+    dtype = v0.dtype
+    Q = jnp.zeros((m + 1, D), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    alphas = jnp.zeros((m,), dtype)
+    betas = jnp.zeros((m,), dtype)
+
+    def orth(Q, x):
+        x = x - Q.T @ (Q @ x)
+        return x - Q.T @ (Q @ x)  # twice is enough (Kahan–Parlett)
+
+    def body(j, carry):
+        Q, alphas, betas = carry
+        q = Q[j]
+        Aq = matvec(q)
+        alpha = jnp.vdot(q, Aq)
+        r = orth(Q, Aq)
+        beta = jnp.linalg.norm(r)
+        broke = beta <= 1e-10 * (jnp.linalg.norm(Aq) + jnp.finfo(dtype).tiny)
+        rnd = orth(Q, jax.random.normal(jax.random.fold_in(key, j), (D,), dtype))
+        r = jnp.where(broke, rnd / jnp.linalg.norm(rnd), r / jnp.where(broke, 1.0, beta))
+        Q = Q.at[j + 1].set(r)
+        return Q, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(broke, 0.0, beta))
+
+    Q, alphas, betas = lax.fori_loop(0, m, body, (Q, alphas, betas))
+    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    evals, S = jnp.linalg.eigh(T)
+    evals, S = evals[::-1], S[:, ::-1]
+    vecs = S.T @ Q[:m]
+    vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
+    return evals, vecs, jnp.abs(betas[-1] * S[-1, :])
+
+
+def lanczos_top_eigs(
+    matvec: Callable[[Array], Array],
+    v0: Array,
+    k: int = 1,
+    *,
+    tol: float = 1e-10,
+    num_iter: int = 30,
+    max_restarts: int = 50,
+) -> EigResult:
+    """Top-``k`` (algebraic) eigenpairs by explicitly restarted Lanczos.
+
+    Each cycle runs :func:`lanczos` for ``min(num_iter, D)`` steps from the current start vector
+    (first ``v0``, then the sum of the current top-``k`` Ritz vectors) until every top-``k``
+    residual is ``<= tol·max(|λ_1|, tiny)``, or ``max_restarts`` cycles. Eigenvalue errors are
+    ``O(residual²/gap)``, far below ``tol``. Returns an :class:`EigResult`.
+    """
+    D = v0.shape[0]
+    m = min(num_iter, D)
+    if not 1 <= k <= m:
+        raise ValueError(f"lanczos_top_eigs: need 1 <= k <= min(num_iter, D) = {m}, got k={k}")
+    tiny = jnp.finfo(v0.dtype).tiny
+
+    def cycle(v, c):
+        evals, vecs, res = lanczos(matvec, v, m, key=jax.random.fold_in(jax.random.PRNGKey(1), c))
+        return evals[:k], vecs[:k], res[:k]
+
+    def cond(carry):
+        c, _, evals, _, res = carry
+        done = jnp.all(res <= tol * jnp.maximum(jnp.abs(evals[0]), tiny))
+        return (c < max_restarts) & ~done
+
+    def body(carry):
+        c, v, _, _, _ = carry
+        evals, vecs, res = cycle(v, c)
+        v_next = jnp.sum(vecs, axis=0)
+        return c + 1, v_next / jnp.linalg.norm(v_next), evals, vecs, res
+
+    evals, vecs, res = cycle(v0, 0)
+    v1 = jnp.sum(vecs, axis=0)
+    c, _, evals, vecs, res = lax.while_loop(
+        cond, body, (jnp.asarray(1), v1 / jnp.linalg.norm(v1), evals, vecs, res)
+    )
+    return EigResult(evals, vecs, c * m, res)
+
+
+def _loss_matvec(loss: Callable, w, normalize: bool):
+    f, flat, _ = flatten_loss(loss, w)
+    if normalize:
+        flat = flat / jnp.linalg.norm(flat)
+    return (lambda v: hvp(f, flat, v)), flat
+
+
+def hessian_top_eigs(
+    loss: Callable,
+    w,
+    k: int = 1,
+    *,
+    method: str = "lanczos",
+    v0: Array | None = None,
+    tol: float | None = None,
+    num_iter: int = 30,
+    max_iter: int = 2000,
+) -> EigResult:
+    """Top-``k`` algebraic eigenpairs of ``∇²L(w)`` at ``w`` itself (no normalization).
+
+    Args:
+      loss: plain callable; ``w`` may be an array or a pytree (flattened with ``ravel_pytree``;
+        eigenvectors are flat).
+      method: ``"lanczos"`` (default; any ``k``) or ``"power"`` (``k = 1`` only).
+      v0: optional warm start ``(D,)``, e.g. the previous step's top eigenvector.
+      tol: residual tolerance relative to ``|λ1|`` (default ``1e-10`` for Lanczos, ``1e-7`` for power).
+
+    Returns:
+      an :class:`EigResult`.
+    """
+    matvec, flat = _loss_matvec(loss, w, normalize=False)
+    v0 = _default_v0(flat.shape[0], flat.dtype) if v0 is None else v0
+    if method == "lanczos":
+        return lanczos_top_eigs(
+            matvec, v0, k, tol=1e-10 if tol is None else tol, num_iter=num_iter
+        )
+    if method == "power":
+        if k != 1:
+            raise ValueError("hessian_top_eigs: method='power' computes only k=1")
+        return power_iteration(matvec, v0, tol=1e-7 if tol is None else tol, max_iter=max_iter)
+    raise ValueError(f"hessian_top_eigs: unknown method {method!r}; use 'lanczos' or 'power'")
+
+
+def spherical_sharpness(loss: Callable, w, **kwargs) -> Sharpness:
+    """Spherical sharpness (Definition 1.1): ``λ1(∇²L(θ))`` at ``θ = w/||w||``.
+
+    Keyword arguments are passed to :func:`hessian_top_eigs` (``method``, ``v0``, ``tol``, ...).
+    By the scale identity ``∇²L(cw) = ∇²L(w)/c²`` this equals ``||w||² λ1(∇²L(w))``.
+
+    Returns:
+      a :class:`Sharpness` ``(value, vector, num_hvps)``.
+    """
+    n = global_norm(w)
+    theta = jax.tree_util.tree_map(lambda x: x / n, w)
+    r = hessian_top_eigs(loss, theta, 1, **kwargs)
+    return Sharpness(r.eigenvalues[0], r.eigenvectors[0], r.num_hvps)
+
+
+def dense_hessian(loss: Callable, w) -> Array:
+    """The dense ``(D, D)`` Hessian by ``jax.hessian`` on the flattened parameters (reference)."""
+    f, flat, _ = flatten_loss(loss, w)
+    return jax.hessian(f)(flat)
+
+
+def dense_top_eigs(loss: Callable, w, k: int = 1) -> tuple[Array, Array]:
+    """Reference: top-``k`` eigenpairs of the dense Hessian by ``eigh`` (small ``D`` only).
+
+    Returns ``(eigenvalues (k,) descending, eigenvectors (k, D))``.
+    """
+    evals, evecs = jnp.linalg.eigh(dense_hessian(loss, w))
+    return evals[::-1][:k], evecs[:, ::-1][:, :k].T

@@ -1,0 +1,329 @@
+"""Whole GD+WD trajectories in one compiled ``lax.scan``: :func:`simulate` and :func:`simulate_sphere`.
+
+Both run a step function (:func:`eosflow.gd.gd_wd_step`, eq. (1), or
+:func:`eosflow.sphere.sphere_step`, eq. (2)) ``steps`` times inside one jitted ``lax.scan`` and
+record, every ``record_every`` steps, the quantities the theory talks about. Memory grows with
+``steps / record_every``. ``lr`` and ``wd`` are traced, so new values do not recompile; the loss,
+``steps``, ``record_every`` and ``sharpness_every`` are static (one compilation per combination —
+the loss is keyed by identity, so keep the same loss object to reuse the compiled program).
+
+Float64: theory checks need it (losses reach 1e-30 before EoS and the EoS oscillation grows from
+round-off). JAX defaults to float32; turn float64 on with :func:`eosflow.enable_x64` (or
+``JAX_ENABLE_X64=1``) *before* creating arrays. The simulation runs in the dtype of ``w0``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
+from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
+from eosflow.params import check_scalar_loss, flatten_loss
+from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
+from eosflow.sphere import SphereState, norm_from_eff_lr, sphere_step
+
+Array = jax.Array
+
+__all__ = ["Trajectory", "NonFiniteError", "simulate", "simulate_sphere", "validate_hyperparams"]
+
+
+class Trajectory(NamedTuple):
+    """A recorded GD+WD run. Per-record fields have leading axis ``T = ceil(steps/record_every)``
+    and hold values at ``w_t`` for the recorded steps ``t`` (before the update of step ``t``).
+
+    Attributes:
+      step: ``(T,)`` int step numbers ``t``.
+      w: ``(T, D)`` flat parameters ``w_t`` (``ravel_pytree`` order for pytree ``w0``).
+      theta: ``(T, D)`` directions ``θ_t = w_t/||w_t||``.
+      norm: ``(T,)`` ``||w_t||``.
+      eff_lr: ``(T,)`` effective learning rate ``η̃_t = lr/((1−lr·wd)||w_t||²)`` (Lemma 3.1).
+      loss: ``(T,)`` ``L(θ_t)``.
+      grad_norm: ``(T,)`` ``||∇L(θ_t)||``.
+      sharpness: ``(T,)`` spherical sharpness ``λ1(∇²L(θ_t))`` at steps divisible by
+        ``sharpness_every``, NaN elsewhere (all NaN when ``sharpness_every = 0``).
+      w_final: the iterate after the last step, with the structure of ``w0``.
+      lr, wd: the hyperparameters (scalars).
+      nonfinite_step: ``-1``, or the first step ``t`` whose update produced a non-finite value
+        (records stop at ``t``; see ``on_nonfinite``).
+    """
+
+    step: Array
+    w: Array
+    theta: Array
+    norm: Array
+    eff_lr: Array
+    loss: Array
+    grad_norm: Array
+    sharpness: Array
+    w_final: Any
+    lr: Array
+    wd: Array
+    nonfinite_step: Array
+
+    @property
+    def intrinsic_lr(self) -> Array:
+        """``η_in = lr·wd``: flow time per step in Theorem 4.7."""
+        return self.lr * self.wd
+
+
+class NonFiniteError(FloatingPointError):
+    """A run produced NaN/Inf. ``step`` is the first bad step; ``trajectory`` holds the records up
+    to and including it."""
+
+    def __init__(self, message: str, step: int, trajectory: Trajectory):
+        super().__init__(message)
+        self.step = step
+        self.trajectory = trajectory
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def validate_hyperparams(lr, wd, where: str = "simulate") -> None:
+    """Raise ``ValueError`` unless ``lr > 0``, ``wd >= 0`` and ``0 <= lr·wd < 1`` (concrete values)."""
+    if _is_tracer(lr) or _is_tracer(wd):
+        return
+    lr_a, wd_a = np.asarray(lr, dtype=float), np.asarray(wd, dtype=float)
+    if not (np.all(np.isfinite(lr_a)) and np.all(lr_a > 0)):
+        raise ValueError(f"{where}: learning rate lr must be finite and > 0, got {lr}")
+    if not (np.all(np.isfinite(wd_a)) and np.all(wd_a >= 0)):
+        raise ValueError(f"{where}: weight decay wd must be finite and >= 0, got {wd}")
+    if np.any(lr_a * wd_a >= 1):
+        raise ValueError(
+            f"{where}: need 0 <= lr*wd < 1 (eq. (1) multiplies w by 1 - lr*wd each step), "
+            f"got lr*wd = {np.max(lr_a * wd_a)}"
+        )
+
+
+def _validate_run(loss, w0, steps, record_every, sharpness_every, check_invariance, where):
+    if not callable(loss):
+        raise TypeError(f"{where}: loss must be a callable loss(w) -> scalar, got {type(loss)}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"{where}: steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(record_every, int | np.integer) or record_every < 1:
+        raise ValueError(f"{where}: record_every must be an integer >= 1, got {record_every!r}")
+    if not isinstance(sharpness_every, int | np.integer) or sharpness_every < 0:
+        raise ValueError(f"{where}: sharpness_every must be an integer >= 0, got {sharpness_every!r}")
+    if sharpness_every and sharpness_every % record_every:
+        raise ValueError(
+            f"{where}: sharpness_every ({sharpness_every}) must be a multiple of record_every "
+            f"({record_every}), since sharpness is stored only at recorded steps"
+        )
+    leaves = jax.tree_util.tree_leaves(w0)
+    if not leaves:
+        raise ValueError(f"{where}: w0 is empty")
+    for x in leaves:
+        if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
+            raise TypeError(f"{where}: w0 must hold floating-point arrays, got {jnp.asarray(x).dtype}")
+    check_scalar_loss(loss, w0, where)
+    if any(_is_tracer(x) for x in leaves):
+        return
+    flat = np.concatenate([np.ravel(np.asarray(x)) for x in leaves])
+    if not np.all(np.isfinite(flat)):
+        raise ValueError(f"{where}: w0 contains NaN or Inf")
+    if not np.any(flat != 0):
+        raise ValueError(f"{where}: w0 is zero; a scale-invariant loss is undefined at w = 0")
+    if check_invariance:
+        dtype = jnp.dtype(flat.dtype)
+        tol = SCALE_INVARIANCE_RTOL.get(dtype, 1e-3)
+        rel = check_scale_invariance(loss, w0)
+        if not rel <= tol:
+            raise ValueError(
+                f"{where}: the loss is not scale-invariant at w0: |L(cw) - L(w)|/|L(w)| = {rel:.3g} "
+                f"> {tol:g} ({dtype}). eosflow simulates scale-invariant losses L(cw) = L(w); wrap "
+                "yours with eosflow.scale_invariant(f), or pass check_invariance=False to run anyway"
+            )
+
+
+class _Carry(NamedTuple):
+    state: Any
+    t: Array
+    v1: Array
+    bad: Array
+
+
+def _finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_every, lanczos_iter):
+    """The shared driver: outer ``lax.scan`` over records, inner loop of ``record_every`` steps.
+
+    ``step_fn(f, state, lr, wd) -> (state, StepInfo)``; ``to_w(state, lr, wd) -> flat w_t``.
+    A non-finite step freezes the state and sets ``bad`` to that step.
+    """
+    n_rec = math.ceil(steps / record_every)
+
+    def guarded(carry: _Carry):
+        new, info = step_fn(f, carry.state, lr, wd)
+        ok = _finite((new, info)) & (carry.bad < 0)
+        state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, carry.state)
+        bad = jnp.where((carry.bad < 0) & ~ok, carry.t, carry.bad)
+        return carry._replace(state=state, t=carry.t + 1, bad=bad), info
+
+    def record(carry: _Carry, _):
+        w = to_w(carry.state, lr, wd)
+        theta = w / jnp.linalg.norm(w)
+
+        def sharp(v):
+            r = lanczos_top_eigs(lambda u: hvp(f, theta, u), v, 1, num_iter=lanczos_iter)
+            return r.eigenvalues[0], r.eigenvectors[0]
+
+        want = (sharpness_every > 0) & (carry.t % max(sharpness_every, 1) == 0) & (carry.bad < 0)
+        nan = jnp.full((), jnp.nan, w.dtype)
+        lam, v1 = lax.cond(want, sharp, lambda v: (nan, v), carry.v1) if sharpness_every else (
+            nan, carry.v1)
+        t_rec = carry.t
+        carry, info = guarded(carry._replace(v1=v1))
+        n_inner = jnp.minimum(record_every, steps - t_rec)
+        if record_every > 1:
+            carry = lax.fori_loop(1, n_inner, lambda _, c: guarded(c)[0], carry)
+        rec = (t_rec, w, theta, info, lam)
+        return carry, rec
+
+    w_init = to_w(state0, lr, wd)
+    carry0 = _Carry(state0, jnp.asarray(0), _default_v0(w_init.shape[0], w_init.dtype),
+                    jnp.asarray(-1))
+    carry, (t, w, theta, info, lam) = lax.scan(record, carry0, None, length=n_rec)
+    return carry, t, w, theta, info, lam
+
+
+@partial(
+    jax.jit,
+    static_argnames=("loss", "kind", "steps", "record_every", "sharpness_every", "lanczos_iter"),
+)
+def _simulate_compiled(loss, w0, lr, wd, *, kind, steps, record_every, sharpness_every,
+                       lanczos_iter):
+    f, flat, unravel = flatten_loss(loss, w0)
+    if kind == "gd":
+        state0 = GDState(flat)
+        to_w = lambda s, lr, wd: s.w
+        step_fn = gd_wd_step
+    else:
+        norm0 = jnp.linalg.norm(flat)
+        state0 = SphereState(flat / norm0, effective_lr(norm0, lr, wd))
+        to_w = lambda s, lr, wd: s.theta * norm_from_eff_lr(s.eff_lr, lr, wd)
+        step_fn = sphere_step
+    carry, t, w, theta, info, lam = _run(
+        f, step_fn, state0, to_w, lr, wd, steps=steps, record_every=record_every,
+        sharpness_every=sharpness_every, lanczos_iter=lanczos_iter,
+    )
+    w_final = unravel(to_w(carry.state, lr, wd))
+    return Trajectory(t, w, theta, info.norm, info.eff_lr, info.loss, info.grad_norm, lam,
+                      w_final, lr, wd, carry.bad)
+
+
+def _finish(traj: Trajectory, on_nonfinite: str, where: str) -> Trajectory:
+    if _is_tracer(traj.nonfinite_step):
+        return traj
+    bad = int(traj.nonfinite_step)
+    if bad < 0:
+        return traj
+    keep = int(np.searchsorted(np.asarray(traj.step), bad, side="right"))
+    cut = traj._replace(**{k: getattr(traj, k)[:keep] for k in
+                           ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm",
+                            "sharpness")})
+    if on_nonfinite == "return":
+        return cut
+    raise NonFiniteError(
+        f"{where}: non-finite values (NaN/Inf) first produced by the update at step {bad} "
+        f"(last finite loss {float(cut.loss[-1]) if keep else float('nan'):.3g}, "
+        f"||w|| = {float(cut.norm[-1]) if keep else float('nan'):.3g}); the trajectory up to that "
+        "step is in the exception's .trajectory. Lower lr, or pass on_nonfinite='return'.",
+        bad, cut,
+    )
+
+
+def _simulate(kind, where, loss, w0, lr, wd, steps, record_every, sharpness_every,
+              check_invariance, on_nonfinite, lanczos_iter):
+    if on_nonfinite not in ("raise", "return"):
+        raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'return', got {on_nonfinite!r}")
+    _validate_run(loss, w0, steps, record_every, sharpness_every, check_invariance, where)
+    validate_hyperparams(lr, wd, where)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(w0))
+    lr = jnp.asarray(lr, dtype)
+    wd = jnp.asarray(wd, dtype)
+    traj = _simulate_compiled(
+        loss, w0, lr, wd, kind=kind, steps=int(steps), record_every=int(record_every),
+        sharpness_every=int(sharpness_every), lanczos_iter=int(lanczos_iter),
+    )
+    return _finish(traj, on_nonfinite, where)
+
+
+def simulate(
+    loss: Callable,
+    w0,
+    lr,
+    wd,
+    steps: int = 1000,
+    *,
+    record_every: int = 1,
+    sharpness_every: int = 0,
+    check_invariance: bool = True,
+    on_nonfinite: str = "raise",
+    lanczos_iter: int = 20,
+) -> Trajectory:
+    """Run GD+WD, eq. (1), for ``steps`` steps in one compiled ``lax.scan``.
+
+    ``w_{t+1} = (1 − lr·wd) w_t − lr ∇L(w_t)``.
+
+    Args:
+      loss: scale-invariant ``loss(w) -> scalar`` (plain callable or :class:`ResidualLoss`).
+      w0: initial parameters, a nonzero finite array or pytree (e.g. flax params).
+      lr, wd: learning rate ``η̂ > 0`` and weight decay ``λ̂ >= 0`` with ``lr·wd < 1``.
+      steps: number of GD steps (>= 1).
+      record_every: record every this many steps (memory ~ ``steps/record_every``).
+      sharpness_every: compute spherical sharpness (warm-started Lanczos, relative residual
+        1e-10) every this many steps; must be a multiple of ``record_every``; 0 = never.
+      check_invariance: check ``L(cw) = L(w)`` at ``w0`` (tolerance
+        :data:`eosflow.losses.SCALE_INVARIANCE_RTOL`) and raise ``ValueError`` if it fails.
+      on_nonfinite: ``"raise"`` (default) raises :class:`NonFiniteError` naming the first bad step,
+        with the truncated trajectory attached; ``"return"`` returns that truncated trajectory
+        with ``nonfinite_step`` set.
+      lanczos_iter: Krylov dimension per Lanczos cycle for the sharpness.
+
+    Returns:
+      a :class:`Trajectory`.
+
+    Example:
+      >>> import jax.numpy as jnp, eosflow
+      >>> loss = eosflow.toy3d()
+      >>> traj = eosflow.simulate(loss, jnp.array([0.3, 0.5, 0.4]), lr=0.1, wd=0.01, steps=100)
+      >>> traj.loss.shape
+      (100,)
+    """
+    return _simulate("gd", "simulate", loss, w0, lr, wd, steps, record_every, sharpness_every,
+                     check_invariance, on_nonfinite, lanczos_iter)
+
+
+def simulate_sphere(
+    loss: Callable,
+    w0,
+    lr,
+    wd,
+    steps: int = 1000,
+    *,
+    record_every: int = 1,
+    sharpness_every: int = 0,
+    check_invariance: bool = True,
+    on_nonfinite: str = "raise",
+    lanczos_iter: int = 20,
+) -> Trajectory:
+    """Run the sphere form, eq. (2) + the GD+WD effective-LR update (Lemma 3.1).
+
+    Evolves ``(θ_t, η̃_t)`` from ``θ_0 = w0/||w0||``, ``η̃_0 = lr/((1−lr·wd)||w0||²)`` by
+    ``θ_{t+1} = Π(θ_t − η̃_t ∇L(θ_t))``, ``1/η̃_{t+1} = (1−lr·wd)²(1/η̃_t + η̃_t ||∇L(θ_t)||²)``.
+    It reproduces :func:`simulate` (``θ_t``, ``η̃_t``) to float64 round-off; ``w``/``norm`` are
+    reconstructed from ``η̃``. Arguments and return value as in :func:`simulate`.
+    """
+    return _simulate("sphere", "simulate_sphere", loss, w0, lr, wd, steps, record_every,
+                     sharpness_every, check_invariance, on_nonfinite, lanczos_iter)

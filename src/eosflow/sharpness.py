@@ -258,9 +258,7 @@ def hessian_top_eigs(
     matvec, flat = _loss_matvec(loss, w, normalize=False)
     v0 = _default_v0(flat.shape[0], flat.dtype) if v0 is None else v0
     if method == "lanczos":
-        return lanczos_top_eigs(
-            matvec, v0, k, tol=1e-10 if tol is None else tol, num_iter=num_iter
-        )
+        return lanczos_top_eigs(matvec, v0, k, tol=1e-10 if tol is None else tol, num_iter=num_iter)
     if method == "power":
         if k != 1:
             raise ValueError("hessian_top_eigs: method='power' computes only k=1")

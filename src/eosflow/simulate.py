@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
+from eosflow.gd import GDState, effective_lr, gd_wd_step
 from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import check_scalar_loss, flatten_loss
 from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
@@ -112,7 +112,9 @@ def _validate_run(loss, w0, steps, record_every, sharpness_every, check_invarian
     if not isinstance(record_every, int | np.integer) or record_every < 1:
         raise ValueError(f"{where}: record_every must be an integer >= 1, got {record_every!r}")
     if not isinstance(sharpness_every, int | np.integer) or sharpness_every < 0:
-        raise ValueError(f"{where}: sharpness_every must be an integer >= 0, got {sharpness_every!r}")
+        raise ValueError(
+            f"{where}: sharpness_every must be an integer >= 0, got {sharpness_every!r}"
+        )
     if sharpness_every and sharpness_every % record_every:
         raise ValueError(
             f"{where}: sharpness_every ({sharpness_every}) must be a multiple of record_every "
@@ -123,7 +125,9 @@ def _validate_run(loss, w0, steps, record_every, sharpness_every, check_invarian
         raise ValueError(f"{where}: w0 is empty")
     for x in leaves:
         if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
-            raise TypeError(f"{where}: w0 must hold floating-point arrays, got {jnp.asarray(x).dtype}")
+            raise TypeError(
+                f"{where}: w0 must hold floating-point arrays, got {jnp.asarray(x).dtype}"
+            )
     check_scalar_loss(loss, w0, where)
     if any(_is_tracer(x) for x in leaves):
         return
@@ -180,8 +184,11 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
 
         want = (sharpness_every > 0) & (carry.t % max(sharpness_every, 1) == 0) & (carry.bad < 0)
         nan = jnp.full((), jnp.nan, w.dtype)
-        lam, v1 = lax.cond(want, sharp, lambda v: (nan, v), carry.v1) if sharpness_every else (
-            nan, carry.v1)
+        lam, v1 = (
+            lax.cond(want, sharp, lambda v: (nan, v), carry.v1)
+            if sharpness_every
+            else (nan, carry.v1)
+        )
         t_rec = carry.t
         carry, info = guarded(carry._replace(v1=v1))
         n_inner = jnp.minimum(record_every, steps - t_rec)
@@ -191,8 +198,9 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
         return carry, rec
 
     w_init = to_w(state0, lr, wd)
-    carry0 = _Carry(state0, jnp.asarray(0), _default_v0(w_init.shape[0], w_init.dtype),
-                    jnp.asarray(-1))
+    carry0 = _Carry(
+        state0, jnp.asarray(0), _default_v0(w_init.shape[0], w_init.dtype), jnp.asarray(-1)
+    )
     carry, (t, w, theta, info, lam) = lax.scan(record, carry0, None, length=n_rec)
     return carry, t, w, theta, info, lam
 
@@ -201,8 +209,9 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
     jax.jit,
     static_argnames=("loss", "kind", "steps", "record_every", "sharpness_every", "lanczos_iter"),
 )
-def _simulate_compiled(loss, w0, lr, wd, *, kind, steps, record_every, sharpness_every,
-                       lanczos_iter):
+def _simulate_compiled(
+    loss, w0, lr, wd, *, kind, steps, record_every, sharpness_every, lanczos_iter
+):
     f, flat, unravel = flatten_loss(loss, w0)
     if kind == "gd":
         state0 = GDState(flat)
@@ -214,12 +223,32 @@ def _simulate_compiled(loss, w0, lr, wd, *, kind, steps, record_every, sharpness
         to_w = lambda s, lr, wd: s.theta * norm_from_eff_lr(s.eff_lr, lr, wd)
         step_fn = sphere_step
     carry, t, w, theta, info, lam = _run(
-        f, step_fn, state0, to_w, lr, wd, steps=steps, record_every=record_every,
-        sharpness_every=sharpness_every, lanczos_iter=lanczos_iter,
+        f,
+        step_fn,
+        state0,
+        to_w,
+        lr,
+        wd,
+        steps=steps,
+        record_every=record_every,
+        sharpness_every=sharpness_every,
+        lanczos_iter=lanczos_iter,
     )
     w_final = unravel(to_w(carry.state, lr, wd))
-    return Trajectory(t, w, theta, info.norm, info.eff_lr, info.loss, info.grad_norm, lam,
-                      w_final, lr, wd, carry.bad)
+    return Trajectory(
+        t,
+        w,
+        theta,
+        info.norm,
+        info.eff_lr,
+        info.loss,
+        info.grad_norm,
+        lam,
+        w_final,
+        lr,
+        wd,
+        carry.bad,
+    )
 
 
 def _finish(traj: Trajectory, on_nonfinite: str, where: str) -> Trajectory:
@@ -229,9 +258,12 @@ def _finish(traj: Trajectory, on_nonfinite: str, where: str) -> Trajectory:
     if bad < 0:
         return traj
     keep = int(np.searchsorted(np.asarray(traj.step), bad, side="right"))
-    cut = traj._replace(**{k: getattr(traj, k)[:keep] for k in
-                           ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm",
-                            "sharpness")})
+    cut = traj._replace(
+        **{
+            k: getattr(traj, k)[:keep]
+            for k in ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+        }
+    )
     if on_nonfinite == "return":
         return cut
     raise NonFiniteError(
@@ -239,12 +271,25 @@ def _finish(traj: Trajectory, on_nonfinite: str, where: str) -> Trajectory:
         f"(last finite loss {float(cut.loss[-1]) if keep else float('nan'):.3g}, "
         f"||w|| = {float(cut.norm[-1]) if keep else float('nan'):.3g}); the trajectory up to that "
         "step is in the exception's .trajectory. Lower lr, or pass on_nonfinite='return'.",
-        bad, cut,
+        bad,
+        cut,
     )
 
 
-def _simulate(kind, where, loss, w0, lr, wd, steps, record_every, sharpness_every,
-              check_invariance, on_nonfinite, lanczos_iter):
+def _simulate(
+    kind,
+    where,
+    loss,
+    w0,
+    lr,
+    wd,
+    steps,
+    record_every,
+    sharpness_every,
+    check_invariance,
+    on_nonfinite,
+    lanczos_iter,
+):
     if on_nonfinite not in ("raise", "return"):
         raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'return', got {on_nonfinite!r}")
     _validate_run(loss, w0, steps, record_every, sharpness_every, check_invariance, where)
@@ -253,8 +298,15 @@ def _simulate(kind, where, loss, w0, lr, wd, steps, record_every, sharpness_ever
     lr = jnp.asarray(lr, dtype)
     wd = jnp.asarray(wd, dtype)
     traj = _simulate_compiled(
-        loss, w0, lr, wd, kind=kind, steps=int(steps), record_every=int(record_every),
-        sharpness_every=int(sharpness_every), lanczos_iter=int(lanczos_iter),
+        loss,
+        w0,
+        lr,
+        wd,
+        kind=kind,
+        steps=int(steps),
+        record_every=int(record_every),
+        sharpness_every=int(sharpness_every),
+        lanczos_iter=int(lanczos_iter),
     )
     return _finish(traj, on_nonfinite, where)
 
@@ -301,8 +353,20 @@ def simulate(
       >>> traj.loss.shape
       (100,)
     """
-    return _simulate("gd", "simulate", loss, w0, lr, wd, steps, record_every, sharpness_every,
-                     check_invariance, on_nonfinite, lanczos_iter)
+    return _simulate(
+        "gd",
+        "simulate",
+        loss,
+        w0,
+        lr,
+        wd,
+        steps,
+        record_every,
+        sharpness_every,
+        check_invariance,
+        on_nonfinite,
+        lanczos_iter,
+    )
 
 
 def simulate_sphere(
@@ -325,5 +389,17 @@ def simulate_sphere(
     It reproduces :func:`simulate` (``θ_t``, ``η̃_t``) to float64 round-off; ``w``/``norm`` are
     reconstructed from ``η̃``. Arguments and return value as in :func:`simulate`.
     """
-    return _simulate("sphere", "simulate_sphere", loss, w0, lr, wd, steps, record_every,
-                     sharpness_every, check_invariance, on_nonfinite, lanczos_iter)
+    return _simulate(
+        "sphere",
+        "simulate_sphere",
+        loss,
+        w0,
+        lr,
+        wd,
+        steps,
+        record_every,
+        sharpness_every,
+        check_invariance,
+        on_nonfinite,
+        lanczos_iter,
+    )

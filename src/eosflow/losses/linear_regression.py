@@ -106,7 +106,9 @@ def linear_regression_bn(X: Array, y: Array) -> ResidualLoss:
     X = jnp.asarray(X)
     y = jnp.asarray(y)
     if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(f"linear_regression_bn: need X (n, d) and y (n,), got {X.shape}, {y.shape}")
+        raise ValueError(
+            f"linear_regression_bn: need X (n, d) and y (n,), got {X.shape}, {y.shape}"
+        )
     mu_x, mu_y, sigma_y = _stats(X, y)
     Xc = X - mu_x
     yc = y - mu_y

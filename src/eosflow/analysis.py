@@ -141,7 +141,7 @@ def oscillation(loss: Callable, traj, start: int | None = None, stop: int | None
     thetas = jnp.asarray(np.asarray(traj.theta)[sel])
     phis = _batched_projection(loss, thetas)
     geo = jax.jit(jax.vmap(lambda p: local_geometry(loss, p)[:3]))
-    lam, _, v1 = (np.asarray(a) for a in geo(jnp.asarray(phis)))
+    lam, _, v1 = (np.array(a) for a in geo(jnp.asarray(phis)))
     # Continuous sign for v1 along the window.
     for i in range(1, v1.shape[0]):
         if np.dot(v1[i], v1[i - 1]) < 0:

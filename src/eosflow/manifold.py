@@ -87,7 +87,7 @@ class Projection(NamedTuple):
     point: Array
     loss: Array
     grad_norm: Array
-    num_iter: Array
+    num_iter: Array  # total (Gauss–)Newton steps
 
 
 def _unit(v: Array) -> Array:
@@ -171,6 +171,7 @@ def project_to_manifold(
     max_iter: int = 30,
     tol: float | None = None,
     rank_rtol: float | None = None,
+    orth_iter: int = 4,
 ) -> Projection:
     """Retract a point near Γ onto Γ and the unit sphere: ``Φ(θ)``.
 
@@ -179,6 +180,11 @@ def project_to_manifold(
     loss ~1e-25 in float64) or after ``max_iter`` steps. Generic path: damped Newton minimum-norm
     steps ``θ ← Π(θ − α H⁺ ∇L(θ))`` (eigh of the dense Hessian, cutoff ``rank_rtol`` relative to
     ``λ1``; ``α`` halved until ``||∇L||`` decreases), stopping when ``||∇L(θ)|| <= tol``.
+
+    Gauss–Newton's minimum-norm step is orthogonal to ``T Γ`` up to ``O(dist²)``; the generic
+    Newton step is not (off Γ the Hessian has ``O(dist)`` eigenvalues along Γ), so the generic path
+    then runs ``orth_iter`` corrections ``p ← Φ(p + P_{T_pΓ}(θ − p))`` towards the orthogonal
+    projection (fixed point: ``θ − p ⊥ T_pΓ``).
 
     Both converge quadratically from points in a neighbourhood of Γ; from far away they may land on
     another critical point — check ``loss`` and ``grad_norm`` of the result.
@@ -243,5 +249,20 @@ def project_to_manifold(
         th = step(th)
         return k + 1, th, err(th)
 
-    k, th, _ = lax.while_loop(cond, body, (jnp.asarray(0), theta, err(theta)))
+    def descend(th):
+        return lax.while_loop(cond, body, (jnp.asarray(0), th, err(th)))
+
+    k, th, _ = descend(theta)
+    if not _is_residual(loss, method):
+        # Newton's truncated pseudo-inverse keeps the small O(dist) eigenvalues that the Hessian
+        # has along Γ off the manifold, so it lands on Γ but not orthogonally. Correct to the
+        # orthogonal projection: move along T_pΓ towards θ, retract, repeat (fixed point:
+        # θ − p ⊥ T_pΓ). Converges linearly with rate O(curvature·dist).
+        def correct(_, c):
+            k, p = c
+            geom = local_geometry(loss, p, method="generic", rank_rtol=rank_rtol)
+            k2, p2, _ = descend(_unit(p + project_tangent(geom, p, theta - p)))
+            return k + k2, p2
+
+        k, th = lax.fori_loop(0, orth_iter, correct, (k, th))
     return Projection(th, loss(th), riemannian_grad_norm(loss, th), k)

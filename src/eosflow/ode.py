@@ -121,23 +121,33 @@ def _identity(y: Array) -> Array:
     return y
 
 
-def _combine(y: Array, dt: Array, w: tuple[float, ...], ks: list[Array]) -> Array:
-    """``y + dt Σ_i w_i k_i``, skipping zero weights (the tableau is static)."""
-    terms = [wi * ki for wi, ki in zip(w, ks, strict=True) if wi != 0.0]
-    return y + dt * sum(terms[1:], terms[0]) if terms else y
-
-
 def _rk(tableau, f, t, y, dt, args, retract, k1):
-    """All stages of one step: ``(y_new, y_err or None, k_s)``; ``k1 = f(t, y)`` if given."""
+    """All stages of one step: ``(y_new, y_err or None, k_s)``; ``k1 = f(t, y)`` if given.
+
+    Stages 2..s run in a ``lax.fori_loop`` over the rows of the (static) matrix ``A``, so the
+    compiled program holds one copy of ``f`` and ``R`` however many stages the tableau has: ``f``
+    can be expensive to compile (the flow's vector field differentiates the loss three times).
+    """
     R = retract or _identity
-    ks = [f(t, y, args) if k1 is None else k1]
-    for c_i, a_i in zip(tableau.c[1:], tableau.a, strict=True):
-        ks.append(f(t + c_i * dt, R(_combine(y, dt, a_i, ks)), args))
-    y_new = R(_combine(y, dt, tableau.b, ks))
+    s = len(tableau.c)
+    A = np.zeros((s, s))
+    for i, row in enumerate(tableau.a, start=1):
+        A[i, : len(row)] = row
+    k1 = f(t, y, args) if k1 is None else k1
+    ks = jnp.zeros((s, *y.shape), y.dtype).at[0].set(k1)
+    if s > 1:
+        A_, c_ = jnp.asarray(A, y.dtype), jnp.asarray(tableau.c, y.dtype)
+
+        def stage(i, ks):
+            y_i = R(y + dt * jnp.tensordot(A_[i], ks, axes=1))
+            return ks.at[i].set(f(t + c_[i] * dt, y_i, args))
+
+        ks = lax.fori_loop(1, s, stage, ks)
+    y_new = R(y + dt * jnp.tensordot(jnp.asarray(tableau.b, y.dtype), ks, axes=1))
     if tableau.b_err is None:
         return y_new, None, ks[-1]
-    d = tuple(b - bh for b, bh in zip(tableau.b, tableau.b_err, strict=True))
-    return y_new, _combine(jnp.zeros_like(y), dt, d, ks), ks[-1]
+    d = jnp.asarray([b - bh for b, bh in zip(tableau.b, tableau.b_err, strict=True)], y.dtype)
+    return y_new, dt * jnp.tensordot(d, ks, axes=1), ks[-1]
 
 
 def rk_step(

@@ -2,13 +2,23 @@
 
 Implements Lyu, Li & Arora, *Understanding the Generalization Benefit of Normalization Layers:
 Sharpness Reduction* (NeurIPS 2022): scale-invariant losses, GD+WD (eq. 1) and its sphere form
-(eq. 2), spherical sharpness (Definition 1.1), and Edge-of-Stability diagnostics.
+(eq. 2), spherical sharpness (Definition 1.1), Edge-of-Stability diagnostics, the minimizer
+manifold and the sharpness-reduction flow (eq. 3) with our own ODE integrators, and the tracking
+analysis of Theorem 4.7.
 
 Turn on float64 for theory checks: ``eosflow.enable_x64()`` (see :mod:`eosflow.precision`).
 """
 
-from eosflow import losses
+from eosflow import analysis, flow, losses, manifold, ode
+from eosflow.analysis import (
+    OscillationResult,
+    TrackingResult,
+    eos_init,
+    oscillation,
+    tracking,
+)
 from eosflow.eos import eos_onset, fit_step
+from eosflow.flow import FlowError, FlowSolution, flow_vector_field, sharpness_reduction_flow
 from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
 from eosflow.losses import (
     ResidualLoss,
@@ -19,6 +29,16 @@ from eosflow.losses import (
     matrix_completion_bn,
     scale_invariant,
     toy3d,
+)
+from eosflow.manifold import (
+    Geometry,
+    Projection,
+    grad_gamma,
+    grad_log_sharpness,
+    grad_sharpness,
+    local_geometry,
+    project_tangent,
+    project_to_manifold,
 )
 from eosflow.precision import enable_x64, x64_enabled
 from eosflow.sharpness import (
@@ -45,7 +65,28 @@ from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, s
 __version__ = "0.1.0"
 
 __all__ = [
+    "analysis",
+    "flow",
     "losses",
+    "manifold",
+    "ode",
+    "OscillationResult",
+    "TrackingResult",
+    "eos_init",
+    "oscillation",
+    "tracking",
+    "FlowError",
+    "FlowSolution",
+    "flow_vector_field",
+    "sharpness_reduction_flow",
+    "Geometry",
+    "Projection",
+    "grad_gamma",
+    "grad_log_sharpness",
+    "grad_sharpness",
+    "local_geometry",
+    "project_tangent",
+    "project_to_manifold",
     "eos_onset",
     "fit_step",
     "GDState",

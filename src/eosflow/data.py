@@ -1,0 +1,216 @@
+"""Datasets for the network experiments (Figure 2): scikit-learn digits and CIFAR-10.
+
+* :func:`load_digits` — the 8x8 handwritten digits that ship with scikit-learn (1797 images,
+  10 classes, no download): the built-in default, small enough for full-batch GD on a CPU.
+* :func:`load_cifar10` — CIFAR-10 (the paper's Figure 2 dataset) from the standard
+  "CIFAR-10 python version" archive in a directory the user names.
+
+Both return a :class:`Dataset` of NHWC images: pixels are scaled to ``[0, 1]`` and then
+standardized per channel with the mean and std of the (possibly subset) *training* images, the
+same affine map applied to the test images. ``subset=N`` keeps the first ``N`` examples of each
+class (in the split's order) for CPU runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Dataset", "load_digits", "load_cifar10", "first_per_class", "CIFAR10_FILES"]
+
+#: The files of the CIFAR-10 python archive (``cifar-10-batches-py``).
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+class Dataset(NamedTuple):
+    """A classification dataset.
+
+    Attributes:
+      x_train, x_test: ``(N, H, W, C)`` float arrays (standardized per channel with training
+        statistics).
+      y_train, y_test: ``(N,)`` int32 labels in ``[0, num_classes)``.
+      num_classes: number of classes ``K``.
+      name: a short label, e.g. ``"digits"`` or ``"cifar10"``.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    name: str
+
+
+def first_per_class(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first ``n`` examples of each class of ``y`` (in order), sorted.
+
+    Raises ``ValueError`` if ``n < 1``. Classes with fewer than ``n`` examples keep all of them.
+    """
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"subset must be a positive integer (examples per class), got {n!r}")
+    y = np.asarray(y)
+    keep = np.concatenate([np.flatnonzero(y == c)[: int(n)] for c in np.unique(y)])
+    return np.sort(keep)
+
+
+def _standardize(x_train, x_test, max_value: float, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Scale raw pixels to ``[0, 1]`` (divide by ``max_value``), then standardize per channel (last
+    axis) with the training mean and std (accumulated in float64; a constant channel keeps std 1)."""
+    axes = tuple(range(x_train.ndim - 1))
+    x_train = np.asarray(x_train, dtype) / np.asarray(max_value, dtype)
+    x_test = np.asarray(x_test, dtype) / np.asarray(max_value, dtype)
+    mu = x_train.mean(axis=axes, dtype=np.float64)
+    sd = x_train.std(axis=axes, dtype=np.float64)
+    sd = np.where(sd > 0, sd, 1.0)
+    mu, sd = mu.astype(dtype), sd.astype(dtype)
+    return (x_train - mu) / sd, (x_test - mu) / sd
+
+
+def _finish(x_tr, y_tr, x_te, y_te, max_value, subset, test_subset, name, dtype) -> Dataset:
+    if subset is not None:
+        i = first_per_class(y_tr, subset)
+        x_tr, y_tr = x_tr[i], y_tr[i]
+    if test_subset is not None:
+        i = first_per_class(y_te, test_subset)
+        x_te, y_te = x_te[i], y_te[i]
+    x_tr, x_te = _standardize(x_tr, x_te, max_value, dtype)
+    return Dataset(x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), 10, name)
+
+
+def load_digits(
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    dtype=np.float64,
+) -> Dataset:
+    """scikit-learn's handwritten digits (``sklearn.datasets.load_digits``), split by ``seed``.
+
+    The 1797 images (8x8, pixel values 0..16, 10 classes) are shuffled by a permutation from
+    ``numpy.random.default_rng(seed)``; the first ``round(test_fraction·1797)`` form the test set,
+    the rest the training set. Pixels are divided by 16 (to ``[0, 1]``) and standardized with the
+    training mean and std (one channel).
+
+    Args:
+      seed: split seed (the same seed gives the same split).
+      test_fraction: fraction of the data held out, in ``(0, 1)``.
+      subset: keep the first ``subset`` training examples of each class (None: all).
+      test_subset: the same for the test set (None: all).
+      dtype: float dtype of the images.
+
+    Returns:
+      a :class:`Dataset` with ``x`` of shape ``(N, 8, 8, 1)``, ``name="digits"``.
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    bunch = _sk_load_digits()
+    x = bunch.images[..., None]
+    y = bunch.target.astype(np.int32)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    te, tr = perm[:n_test], perm[n_test:]
+    return _finish(x[tr], y[tr], x[te], y[te], 16.0, subset, test_subset, "digits", dtype)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals a CIFAR-10 batch needs (numpy arrays, bytes), so a
+    malicious file cannot run arbitrary code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 batch file: a pickled dict with ``b'data'`` ``(N, 3072)`` uint8 (rows are
+    the R, G and B planes of a 32x32 image, row-major) and ``b'labels'`` (N ints in 0..9).
+
+    Returns ``(images (N, 32, 32, 3) uint8, labels (N,) int32)``. Raises ``FileNotFoundError`` if
+    the file is missing and ``ValueError`` naming the file and the problem if it is malformed.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CIFAR-10: missing file {path}")
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed file
+        raise ValueError(
+            f"CIFAR-10: {path} is not a readable python pickle ({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(d, dict):
+        raise ValueError(f"CIFAR-10: {path} holds a {type(d).__name__}, expected a dict")
+    for key in (b"data", b"labels"):
+        if key not in d:
+            raise ValueError(
+                f"CIFAR-10: {path} has no key {key!r} (keys: {sorted(d, key=repr)[:8]})"
+            )
+    data = np.asarray(d[b"data"])
+    labels = np.asarray(d[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(
+            f"CIFAR-10: {path}: b'data' must be a (N, 3072) uint8 array, got {data.shape} {data.dtype}"
+        )
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"CIFAR-10: {path}: b'labels' must be {data.shape[0]} integers, got shape "
+            f"{labels.shape} dtype {labels.dtype}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"CIFAR-10: {path}: labels must lie in 0..9")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, labels.astype(np.int32)
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike,
+    *,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    dtype=np.float32,
+) -> Dataset:
+    """CIFAR-10 from the python-pickle archive in ``data_dir``.
+
+    ``data_dir`` is the extracted ``cifar-10-batches-py`` directory (or a directory containing it)
+    with ``data_batch_1`` … ``data_batch_5`` (training, 50000 images) and ``test_batch`` (10000).
+    Only numpy arrays and bytes are unpickled (no arbitrary code). Pixels are scaled to ``[0, 1]``
+    and standardized per channel with the training mean and std.
+
+    Args:
+      data_dir: directory named by the user (``--data-dir``); nothing is downloaded.
+      subset, test_subset: keep the first ``N`` examples of each class (None: all).
+      dtype: float dtype of the images.
+
+    Returns:
+      a :class:`Dataset` with ``x`` of shape ``(N, 32, 32, 3)``, ``name="cifar10"``.
+
+    Raises:
+      FileNotFoundError: ``data_dir`` or one of the six files is missing (the message names it).
+      ValueError: a file is not a pickle, or lacks ``b'data'``/``b'labels'``, or has the wrong
+        shape or dtype (the message names the file and the problem).
+    """
+    root = os.fspath(data_dir)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"CIFAR-10: data directory {root} does not exist")
+    nested = os.path.join(root, "cifar-10-batches-py")
+    if not os.path.isfile(os.path.join(root, CIFAR10_FILES[0])) and os.path.isdir(nested):
+        root = nested
+    batches = [_read_cifar_batch(os.path.join(root, name)) for name in CIFAR10_FILES]
+    x_tr = np.concatenate([b[0] for b in batches[:5]])
+    y_tr = np.concatenate([b[1] for b in batches[:5]])
+    x_te, y_te = batches[5]
+    return _finish(x_tr, y_tr, x_te, y_te, 255.0, subset, test_subset, "cifar10", dtype)

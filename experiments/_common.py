@@ -1,0 +1,61 @@
+"""Helpers shared by the experiment modules: figures without global state, loading saved runs.
+
+Figures use matplotlib's object-oriented API on an Agg canvas (``matplotlib.figure.Figure``),
+never ``pyplot``, so importing or plotting an experiment does not change the backend of an
+interactive session. PNGs are written atomically (:func:`eosflow.runio.save_bytes`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from eosflow.runio import ARRAYS, SUMMARY, save_bytes
+
+#: One colour per run, shared by all figures.
+COLORS = {"bn": "C0", "no_wd": "C1", "no_bn": "C2"}
+
+
+def new_figure(nrows: int, ncols: int, size: tuple[float, float]):
+    """``(fig, axes)``: a constrained-layout figure on its own Agg canvas, ``axes`` a 2-D array."""
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    """Render ``fig`` to PNG in memory and write it atomically. Returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return save_bytes(path, buf.getvalue())
+
+
+def load_arrays(out: Path) -> dict[str, np.ndarray]:
+    """The arrays of a finished run (``out/arrays.npz``) as a dict."""
+    with np.load(Path(out) / ARRAYS) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_summary(out: Path) -> dict:
+    """The run's ``summary.json``."""
+    return json.loads((Path(out) / SUMMARY).read_text())
+
+
+def first_index(mask: np.ndarray) -> int | None:
+    """Index of the first ``True`` in ``mask``, or ``None``."""
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if idx.size else None
+
+
+def as_float(x) -> float | None:
+    """A Python float, or ``None`` for ``None``/NaN (so summaries stay strict JSON)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None

@@ -1,0 +1,286 @@
+"""The ``eosflow`` command: list and run the paper's experiments (``experiments/``).
+
+``eosflow list`` shows the experiments; ``eosflow run NAME`` runs one, with a progress bar on
+stderr, and writes to its output folder (default ``runs/NAME``, ``runs/NAME-quick`` with
+``--quick``): ``arrays.npz``, ``summary.json`` and PNG figures. Every run is in float64
+(:func:`eosflow.enable_x64` is called first) and deterministic: the same seed and settings give the
+same numbers.
+
+Bad arguments (unknown experiment, ``lr <= 0``, ``lr·wd >= 1``, ``steps < 1``, an output folder
+that exists and is not empty without ``--force``, ...) print one line on stderr and exit with
+status 2. A run that diverges exits 1; an interrupted one (Ctrl-C) exits 130 and leaves the
+chunks finished so far in ``arrays.partial.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import eosflow
+from eosflow.runio import ARRAYS, PARTIAL, SUMMARY, save_json
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = """\
+examples:
+  eosflow list
+  eosflow run matrix-completion-bn --quick          # ~30 s on 2 CPU cores -> runs/matrix-completion-bn-quick
+  eosflow run matrix-completion-bn                  # full size -> runs/matrix-completion-bn
+  eosflow run norm-dynamics --lr 0.2 --wd 0.005 --steps 5000 --out runs/nd-lr0.2
+  eosflow run matrix-completion-bn --quick --seed 3 --set init_scale=0.05 --force
+
+Each run writes arrays.npz, summary.json (config, seed, versions, device, wall time, key numbers)
+and PNG figures to its folder. Bad arguments exit with status 2.
+"""
+
+_OUTPUT_GLOBS = (ARRAYS, PARTIAL, SUMMARY, "*.png", f".{ARRAYS}.*.tmp", f".{PARTIAL}.*.tmp")
+
+
+class UsageError(Exception):
+    """A bad command line: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage + message and exit
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands ``list`` and ``run``)."""
+    p = _Parser(
+        prog="eosflow",
+        description="Reproduce the experiments of Lyu, Li & Arora (2022), 'Understanding the "
+        "Generalization Benefit of Normalization Layers: Sharpness Reduction'.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"eosflow {eosflow.__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser(
+        "list",
+        help="list the experiments",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r = sub.add_parser(
+        "run",
+        help="run one experiment",
+        description="Run one experiment: compute, save arrays.npz and summary.json, draw figures.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("name", metavar="NAME", help="experiment name (see 'eosflow list')")
+    r.add_argument("--quick", action="store_true", help="small, fast version (<= 60 s on 2 cores)")
+    r.add_argument("--steps", type=int, help="number of GD steps")
+    r.add_argument("--lr", type=float, help="learning rate η̂ (> 0)")
+    r.add_argument("--wd", type=float, help="weight decay λ̂ (>= 0, lr*wd < 1)")
+    r.add_argument("--seed", type=int, help="random seed (data and initialization)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config entry (value parsed as JSON), repeatable",
+    )
+    r.add_argument("--out", type=Path, help="output folder (default runs/NAME[-quick])")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an existing non-empty folder (replacing earlier run files)",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-plot", action="store_true", help="skip the figures")
+    return p
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def _coerce(key: str, value, default):
+    """Give an override the type of the default (int/float/bool/str), or raise UsageError."""
+    if default is None or isinstance(default, list | dict):
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"--set {key}: expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise UsageError(f"--set {key}: expected an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"--set {key}: expected a number, got {value!r}")
+        return float(value)
+    return str(value)
+
+
+def _apply_overrides(name: str, config: dict, args) -> dict:
+    config = dict(config)
+    given = {"steps": args.steps, "lr": args.lr, "wd": args.wd, "seed": args.seed}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in config:
+            raise UsageError(f"experiment {name!r} has no --{key} setting")
+        config[key] = value
+    for item in args.overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in config:
+            raise UsageError(
+                f"experiment {name!r} has no setting {key!r}; settings: {', '.join(config)}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        config[key] = _coerce(key, value, config[key])
+    return config
+
+
+def _check_config(config: dict) -> None:
+    """The checks every experiment shares: steps, lr, wd (eq. (1) needs 0 <= lr·wd < 1)."""
+    if "steps" in config:
+        s = config["steps"]
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise UsageError(f"steps must be a positive integer, got {s!r}")
+    if "seed" in config:
+        s = config["seed"]
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise UsageError(f"seed must be a non-negative integer, got {s!r}")
+    lr, wd = config.get("lr"), config.get("wd")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"lr must be a finite number > 0, got {lr!r}")
+    if wd is not None and not (math.isfinite(wd) and wd >= 0):
+        raise UsageError(f"wd must be a finite number >= 0, got {wd!r}")
+    if lr is not None and wd is not None and not lr * wd < 1:
+        raise UsageError(
+            f"need lr*wd < 1 (eq. (1) multiplies w by 1 - lr*wd each step), got lr*wd = {lr * wd:g}"
+        )
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UsageError(
+                f"output folder {out} exists and is not empty; use --force to overwrite "
+                "or --out to choose another"
+            )
+        for pattern in _OUTPUT_GLOBS:  # only files a run writes; nothing else is touched
+            for f in out.glob(pattern):
+                if f.is_file():
+                    f.unlink()
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    items = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            items += _flatten(v, f"{prefix}{k}.")
+        else:
+            items.append((f"{prefix}{k}", v))
+    return items
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def _cmd_list() -> int:
+    import experiments
+
+    entries = experiments.discover()
+    if not entries:
+        print("no experiments found")
+        return 0
+    width = max(len(n) for n in entries)
+    for name, entry in entries.items():
+        print(f"{name:<{width}}  {entry.description}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import experiments
+
+    try:
+        module = experiments.get(args.name)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+    config = _apply_overrides(args.name, module.default_config(args.quick), args)
+    _check_config(config)
+    validate = getattr(module, "validate_config", None)
+    if validate is not None:
+        try:
+            validate(config)
+        except (ValueError, TypeError, KeyError) as e:
+            raise UsageError(f"bad settings for {args.name}: {e}") from None
+    out = args.out or Path("runs") / (args.name + ("-quick" if args.quick else ""))
+    _prepare_out(out, args.force)
+
+    mode = "quick" if args.quick else "full"
+    print(f"eosflow: running {args.name} ({mode}) -> {out}", file=sys.stderr)
+    try:
+        key_numbers = module.run(config, out, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        partial = out / PARTIAL
+        where = f"; chunks saved so far are in {partial}" if partial.exists() else ""
+        print(f"eosflow: interrupted{where}", file=sys.stderr)
+        return 130
+    except eosflow.NonFiniteError as e:
+        print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+    figures = [] if args.no_plot else [Path(p) for p in module.plot(out)]
+    summary_path = out / SUMMARY
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        summary["figures"] = [p.name for p in figures]
+        save_json(summary_path, summary)
+
+    print(f"summary: {summary_path}")
+    print(f"arrays:  {out / ARRAYS}")
+    for p in figures:
+        print(f"figure:  {p}")
+    print("key numbers:")
+    for k, v in _flatten(key_numbers or {}):
+        print(f"  {k} = {_fmt(v)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``eosflow`` command. Returns the exit status."""
+    eosflow.enable_x64()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "run":
+            return _cmd_run(args)
+        parser.print_help()
+        return 2
+    except UsageError as e:
+        msg = " ".join(str(e).split())
+        print(f"eosflow: error: {msg} (see 'eosflow --help')", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""Running long simulations and saving their results: chunked runs with progress, atomic writers.
+
+The experiments (``experiments/``, the ``eosflow run`` command) compute, save, then plot. This
+module holds the machinery they share, and nothing paper-specific:
+
+* :func:`run_chunked` runs :func:`eosflow.simulate` in chunks of ``chunk`` steps, each chunk
+  starting from the previous chunk's ``w_final``, and returns one :class:`~eosflow.Trajectory`
+  with global step numbers. Between chunks it reports progress on stderr and calls ``on_chunk`` so
+  the caller can save what has been computed so far. Same ops, same order: the concatenated ``w``,
+  ``loss``, ... equal one long :func:`~eosflow.simulate` call bit for bit (tested); only the
+  sharpness' Lanczos warm start is reset at each chunk, which changes it at round-off level.
+* :func:`save_npz`, :func:`save_json`, :func:`save_bytes`: atomic writes (a temporary file in the same folder, then
+  ``os.replace``), so a reader never sees a half-written file, even if the run is killed.
+* :class:`RunRecorder`: one run's output folder: rewrites ``arrays.partial.npz`` as results come
+  in (so an interrupted run leaves what it had computed readable), then writes ``arrays.npz`` and
+  ``summary.json`` (config, seed, versions, device, wall time, dtype, key numbers) at the end.
+* :func:`trajectory_arrays`, :func:`environment`, :func:`jsonable`: what goes into those files.
+
+No plotting here (house style): the experiments plot from the saved arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from eosflow.simulate import NonFiniteError, Trajectory, simulate
+
+__all__ = [
+    "Progress",
+    "RunRecorder",
+    "ARRAYS",
+    "PARTIAL",
+    "SUMMARY",
+    "run_chunked",
+    "concat_trajectories",
+    "trajectory_arrays",
+    "save_bytes",
+    "save_npz",
+    "save_json",
+    "jsonable",
+    "environment",
+]
+
+#: File names inside a run folder.
+ARRAYS, PARTIAL, SUMMARY = "arrays.npz", "arrays.partial.npz", "summary.json"
+
+_PER_RECORD = ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+class Progress:
+    """A plain-text progress bar on a stream (default ``sys.stderr``); no dependency.
+
+    On a terminal the line is redrawn in place with ``\\r``; otherwise (logs, pipes, tests) a line
+    is printed at most every ``min_interval`` seconds, and always at the end, so logs stay short.
+    The rate and the time left exclude the first update, which includes compilation.
+
+    Args:
+      total: total number of steps.
+      label: text in front of the bar.
+      stream: where to write (default ``sys.stderr``).
+      enabled: ``False`` prints nothing at all.
+      min_interval: seconds between lines when the stream is not a terminal.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        *,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        min_interval: float = 10.0,
+    ):
+        self.total = int(total)
+        self.label = label
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.min_interval = min_interval
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self._first: tuple[float, int] | None = None  # (time, done) at the first update
+        self._last_print = -math.inf
+        self.done = 0
+
+    def line(self, done: int, now: float | None = None) -> str:
+        """The progress line for ``done`` steps: bar, ``done/total``, steps/s, time left."""
+        now = time.perf_counter() if now is None else now
+        frac = done / self.total if self.total else 1.0
+        width = 24
+        fill = int(round(width * frac))
+        bar = "#" * fill + "-" * (width - fill)
+        final = done >= self.total
+        if self._first is not None and done > self._first[1] and now > self._first[0]:
+            rate = (done - self._first[1]) / (now - self._first[0])
+        elif final and now > self.t0:
+            rate = done / (now - self.t0)
+        else:  # only the first update so far: its time includes compilation
+            rate = float("nan")
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        tail = "" if final else f"  ETA {_fmt_time(left)}"
+        head = f"{self.label} " if self.label else ""
+        speed = f"{rate:.0f}" if math.isfinite(rate) else "?"
+        return (
+            f"{head}[{bar}] {done}/{self.total} steps  {speed} steps/s  "
+            f"elapsed {_fmt_time(now - self.t0)}{tail}"
+        )
+
+    def update(self, done: int) -> None:
+        """Report that ``done`` of ``total`` steps are finished."""
+        now = time.perf_counter()
+        self.done = done
+        if self._first is None:
+            self._first = (now, done)
+        if not self.enabled:
+            return
+        final = done >= self.total
+        if self.tty:
+            self.stream.write("\r" + self.line(done, now) + ("\n" if final else ""))
+        elif final or now - self._last_print >= self.min_interval:
+            self.stream.write(self.line(done, now) + "\n")
+            self._last_print = now
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End an unfinished bar's line (on a terminal), e.g. after an error."""
+        if self.enabled and self.tty and self.done < self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ----------------------------------------------------------------------------- chunked runs
+
+
+def concat_trajectories(parts: list[Trajectory]) -> Trajectory:
+    """Join consecutive trajectories (already carrying global step numbers) into one.
+
+    Per-record fields are concatenated; ``w_final``, ``lr``, ``wd`` come from the last part and
+    ``nonfinite_step`` is the first non-negative one (or ``-1``).
+    """
+    if not parts:
+        raise ValueError("concat_trajectories: nothing to concatenate")
+    if len(parts) == 1:
+        return parts[0]
+    joined = {k: np.concatenate([np.asarray(getattr(p, k)) for p in parts]) for k in _PER_RECORD}
+    bad = [int(p.nonfinite_step) for p in parts if int(p.nonfinite_step) >= 0]
+    last = parts[-1]
+    return Trajectory(
+        **joined,
+        w_final=last.w_final,
+        lr=last.lr,
+        wd=last.wd,
+        nonfinite_step=np.asarray(bad[0] if bad else -1),
+    )
+
+
+def _shift(traj: Trajectory, offset: int) -> Trajectory:
+    bad = int(traj.nonfinite_step)
+    return traj._replace(
+        step=np.asarray(traj.step) + offset,
+        nonfinite_step=np.asarray(bad + offset if bad >= 0 else -1),
+    )
+
+
+def _default_chunk(steps: int, unit: int, target_chunks: int = 10) -> int:
+    """About ``steps/target_chunks`` steps, a multiple of ``unit``; a divisor of ``steps`` if one
+    is near (so every chunk has the same length and compiles once)."""
+    base = max(unit, math.ceil(steps / target_chunks / unit) * unit)
+    for c in range(base, min(2 * base, steps) + 1, unit):
+        if steps % c == 0:
+            return c
+    return min(base, steps)
+
+
+def run_chunked(
+    loss: Callable,
+    w0,
+    lr,
+    wd,
+    steps: int,
+    *,
+    chunk: int | None = None,
+    record_every: int = 1,
+    sharpness_every: int = 0,
+    progress: bool | Progress = True,
+    label: str = "",
+    on_chunk: Callable[[Trajectory, int], None] | None = None,
+    simulate_fn: Callable[..., Trajectory] = simulate,
+    **simulate_kwargs: Any,
+) -> Trajectory:
+    """Run GD+WD, eq. (1), for ``steps`` steps in chunks, with progress and partial results.
+
+    Chunk ``i`` calls ``simulate_fn(loss, w, lr, wd, n_i, record_every=..., sharpness_every=...,
+    **simulate_kwargs)`` from the previous chunk's ``w_final``; its record steps are shifted by
+    the steps already done, so the result reads like one run. With the same ``loss`` object every
+    chunk of the same length reuses one compiled program (at most two lengths: ``chunk`` and the
+    remainder).
+
+    Args:
+      loss, w0, lr, wd: as in :func:`eosflow.simulate`.
+      steps: total number of steps (>= 1).
+      chunk: steps per chunk, a multiple of ``record_every`` and of ``sharpness_every`` (so that
+        records and sharpness fall on the same global steps as in one long run). Default: about a
+        tenth of ``steps``, rounded to such a multiple.
+      record_every, sharpness_every: as in :func:`eosflow.simulate`.
+      progress: ``True`` shows a :class:`Progress` bar on stderr, ``False`` nothing; or pass a
+        :class:`Progress` to control where it goes.
+      label: text in front of the progress bar.
+      on_chunk: called as ``on_chunk(traj_so_far, steps_done)`` after each chunk, with the
+        concatenated trajectory so far (e.g. to save partial arrays). An exception it raises
+        stops the run and propagates.
+      simulate_fn: the simulator (default :func:`eosflow.simulate`; e.g.
+        :func:`eosflow.simulate_sphere`).
+      **simulate_kwargs: passed on (``check_invariance``, ``on_nonfinite``, ``lanczos_iter``).
+
+    Returns:
+      one :class:`~eosflow.Trajectory` with global ``step`` numbers; ``w_final`` is the iterate
+      after the last step. Fields are NumPy arrays (``w_final`` keeps ``w0``'s structure).
+
+    Raises:
+      ValueError: bad ``steps``/``chunk``. :class:`~eosflow.NonFiniteError` as ``simulate``
+      (with ``on_nonfinite="raise"``), its ``step`` and ``trajectory`` global.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"run_chunked: steps must be an integer >= 1, got {steps!r}")
+    unit = math.lcm(int(record_every), int(sharpness_every)) if sharpness_every else record_every
+    if chunk is None:
+        chunk = _default_chunk(int(steps), int(unit))
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise ValueError(f"run_chunked: chunk must be an integer >= 1, got {chunk!r}")
+    if chunk % unit:
+        raise ValueError(
+            f"run_chunked: chunk ({chunk}) must be a multiple of record_every ({record_every})"
+            + (f" and sharpness_every ({sharpness_every})" if sharpness_every else "")
+            + " so that records fall on the same steps as in one long run"
+        )
+    bar = progress if isinstance(progress, Progress) else Progress(steps, label, enabled=progress)
+    parts: list[Trajectory] = []
+    w, done = w0, 0
+    try:
+        while done < steps:
+            n = min(int(chunk), int(steps) - done)
+            try:
+                part = simulate_fn(
+                    loss,
+                    w,
+                    lr,
+                    wd,
+                    n,
+                    record_every=record_every,
+                    sharpness_every=sharpness_every,
+                    **simulate_kwargs,
+                )
+            except NonFiniteError as e:
+                traj = concat_trajectories(parts + [_shift(e.trajectory, done)])
+                raise NonFiniteError(
+                    str(e).replace(f"at step {e.step}", f"at step {e.step + done}"),
+                    e.step + done,
+                    traj,
+                ) from None
+            part = _shift(jax.tree_util.tree_map(np.asarray, part), done)
+            parts.append(part)
+            done += n
+            bar.update(done)
+            traj = concat_trajectories(parts) if len(parts) > 1 else part
+            if on_chunk is not None:
+                on_chunk(traj, done)
+            if int(part.nonfinite_step) >= 0:  # on_nonfinite="return": stop here
+                break
+            w = part.w_final
+    finally:
+        bar.close()
+    return concat_trajectories(parts)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def trajectory_arrays(
+    traj: Trajectory, prefix: str = "", *, fields: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of a trajectory as ``{prefix + field: ndarray}``, ready for :func:`save_npz`.
+
+    Per-record fields (``step, w, theta, norm, eff_lr, loss, grad_norm, sharpness``, or
+    ``fields``) plus ``w_final`` (flattened), ``lr``, ``wd`` and ``nonfinite_step``.
+    """
+    fields = _PER_RECORD if fields is None else fields
+    out = {prefix + k: np.asarray(getattr(traj, k)) for k in fields}
+    flat, _ = ravel_pytree(traj.w_final)
+    out[prefix + "w_final"] = np.asarray(flat)
+    for k in ("lr", "wd", "nonfinite_step"):
+        out[prefix + k] = np.asarray(getattr(traj, k))
+    return out
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def save_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (e.g. a PNG rendered to memory). Returns the path."""
+    return _atomic_write(Path(path), lambda f: f.write(data), "wb")
+
+
+def save_npz(path: str | os.PathLike, **arrays) -> Path:
+    """Write ``arrays`` to an ``.npz`` file atomically (temporary file + ``os.replace``).
+
+    The path is used as given (NumPy's habit of appending ``.npz`` does not apply).
+    Returns the path.
+    """
+    data = {k: np.asarray(v) for k, v in arrays.items()}
+    return _atomic_write(Path(path), lambda f: np.savez(f, **data), "wb")
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert ``obj`` to plain JSON types: NumPy/JAX scalars and arrays to numbers and lists,
+    paths to strings, tuples to lists; non-finite floats to ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, jax.Array | np.ndarray | np.generic):
+        a = np.asarray(obj)
+        return jsonable(a.tolist()) if a.ndim else jsonable(a.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    return str(obj)
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``jsonable(obj)`` as indented JSON atomically. Returns the path."""
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return _atomic_write(Path(path), lambda f: f.write(text), "w")
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and the device, for ``summary.json``."""
+    import jaxlib
+
+    import eosflow
+
+    dev = jax.devices()[0]
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "numpy": np.__version__,
+            "eosflow": eosflow.__version__,
+        },
+        "device": {
+            "platform": dev.platform,
+            "kind": getattr(dev, "device_kind", str(dev)),
+            "count": jax.device_count(),
+        },
+        "x64": bool(jax.config.read("jax_enable_x64")),
+        "machine": platform.machine(),
+    }
+
+
+class RunRecorder:
+    """The output folder of one run: partial arrays while it runs, final arrays and summary at the end.
+
+    ``update(**arrays)`` adds arrays and atomically rewrites ``arrays.partial.npz`` with everything
+    so far; :meth:`on_chunk` makes a :func:`run_chunked` callback that does this for a trajectory
+    (under a name prefix, plus ``{prefix}steps_done``). :meth:`finish` writes ``arrays.npz``, removes
+    the partial file and writes ``summary.json``. If the run dies in between, the partial file holds
+    every chunk finished so far, and is never half-written.
+
+    Args:
+      out: the folder (created if missing).
+      name: the experiment's name.
+      config: its configuration (saved in the summary; ``config["seed"]`` as ``seed``).
+    """
+
+    def __init__(self, out: str | os.PathLike, name: str, config: dict):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.config = dict(config)
+        self.arrays: dict[str, np.ndarray] = {}
+        self.t0 = time.perf_counter()
+
+    @property
+    def partial_path(self) -> Path:
+        return self.out / PARTIAL
+
+    def update(self, **arrays) -> None:
+        """Add (or replace) arrays and rewrite ``arrays.partial.npz`` with all of them."""
+        self.arrays.update({k: np.asarray(v) for k, v in arrays.items()})
+        save_npz(self.partial_path, **self.arrays)
+
+    def on_chunk(
+        self, prefix: str, fields: tuple[str, ...] | None = None
+    ) -> Callable[[Trajectory, int], None]:
+        """A :func:`run_chunked` ``on_chunk`` callback saving the trajectory so far under ``prefix``."""
+
+        def save(traj: Trajectory, done: int) -> None:
+            self.update(
+                **trajectory_arrays(traj, prefix, fields=fields),
+                **{prefix + "steps_done": np.asarray(done)},
+            )
+
+        return save
+
+    def finish(
+        self,
+        key_numbers: dict,
+        *,
+        dtype: Any = None,
+        notes: list[str] | None = None,
+        description: str = "",
+        **extra: Any,
+    ) -> dict:
+        """Write ``arrays.npz`` (all arrays added), remove the partial file, write ``summary.json``.
+
+        Returns the summary dict: ``experiment``, ``description``, ``config``, ``seed``, ``dtype``,
+        ``wall_time_s`` (since the recorder was created), ``key_numbers``, ``notes``, ``extra``
+        entries, ``environment`` (:func:`environment`) and ``created`` (UTC, ISO 8601).
+        """
+        save_npz(self.out / ARRAYS, **self.arrays)
+        try:
+            os.unlink(self.partial_path)
+        except FileNotFoundError:
+            pass
+        summary = {
+            "experiment": self.name,
+            "description": description,
+            "config": self.config,
+            "seed": self.config.get("seed"),
+            "dtype": str(np.dtype(dtype)) if dtype is not None else None,
+            "wall_time_s": round(time.perf_counter() - self.t0, 3),
+            "key_numbers": key_numbers,
+            "notes": list(notes or []),
+            **extra,
+            "environment": environment(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        save_json(self.out / SUMMARY, summary)
+        return summary

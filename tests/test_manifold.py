@@ -101,7 +101,7 @@ def test_toy3d_gamma_gradient_closed_form():
         zeta = toy3d_curve(phi)
         geom = M.local_geometry(loss, zeta)
         g = M.grad_gamma(geom, zeta, M.grad_log_sharpness(loss, zeta, geom))
-        t_phi = jnp.array([-np.sin(phi), np.cos(phi), 0.0])
+        t_phi = toy3d_curve(phi + np.pi / 2)  # the unit tangent R^T(-sin φ, cos φ, 0)
         # λ1 = 2(c + cos φ) on Γ, so ∇_Γ log λ1 = −sin φ/(c + cos φ) · t_φ.
         expected = -np.sin(phi) / (c + np.cos(phi)) * t_phi
         np.testing.assert_allclose(np.asarray(g), np.asarray(expected), atol=1e-12)

@@ -30,9 +30,11 @@ from eosflow.losses.matrix_completion import (
     split_factors,
 )
 from eosflow.losses.toy3d import (
+    TOY3D_ROTATION,
     toy3d,
     toy3d_curve,
     toy3d_flattest_point,
+    toy3d_normal,
     toy3d_sharpness_on_curve,
 )
 
@@ -60,8 +62,10 @@ __all__ = [
     "matrix_completion_test_mse",
     "singular_values",
     "split_factors",
+    "TOY3D_ROTATION",
     "toy3d",
     "toy3d_curve",
+    "toy3d_normal",
     "toy3d_flattest_point",
     "toy3d_sharpness_on_curve",
 ]

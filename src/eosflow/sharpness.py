@@ -91,8 +91,8 @@ def power_iteration(
 
     Iterates ``v ← A v / ||A v||`` until the residual ``||A v − λ v|| <= tol·|λ|`` (the eigenvalue
     error is then ``O(tol² λ² / gap)``). If the dominant eigenvalue ``μ`` is negative it is not
-    ``λ1``; the iteration is repeated on ``A − μ I``, whose eigenvalues are ``λ_i − μ >= 0`` with
-    top ``λ1 − μ``, and ``μ`` is added back. Returns an :class:`EigResult` with ``k = 1``.
+    ``λ1``; the iteration is repeated from ``v0`` on ``A − μ I``, whose eigenvalues are
+    ``λ_i − μ >= 0`` with top ``λ1 − μ``, and ``μ`` is added back. Returns an :class:`EigResult` with ``k = 1``.
     """
 
     def run(shift, v):
@@ -123,7 +123,10 @@ def power_iteration(
     mu, v, n1, res = run(zero, v0)
 
     def shifted(_):
-        lam, v2, n2, res2 = run(mu, v)
+        # Restart from v0, not from the dominant eigenvector v: the first run has filtered the
+        # top eigenvector out of v (to round-off), and a shifted run from v would stop at once
+        # on the next eigenvalue it can see.
+        lam, v2, n2, res2 = run(mu, v0)
         return lam, v2, n1 + n2, res2
 
     lam, v, n, res = lax.cond(mu < 0, shifted, lambda _: (mu, v, n1, res), None)

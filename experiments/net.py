@@ -1,0 +1,386 @@
+"""Figure 2: a scale-invariant network trained by full-batch GD+WD, with no-WD and no-BN ablations.
+
+The paper trains a smooth VGG-11 with BN after every layer on CIFAR-10 by full-batch GD+WD: after
+the training set is fit, spherical sharpness keeps falling and test accuracy keeps rising; removing
+BN or WD removes the effect. Here the same measurement runs on any net of :mod:`eosflow.nets` and
+any dataset of :mod:`eosflow.data`:
+
+* ``dataset="digits"`` (default; scikit-learn's 8x8 digits, bundled) or ``"cifar10"`` (the python
+  archive in ``data_dir``; nothing is downloaded);
+* ``arch="mlp"`` (widths ``widths``) or ``"vgg11"`` (VGG-11 channels times ``vgg_width``).
+
+Three runs from the same seed (``runs`` selects a subset):
+
+* ``bn``: the scale-invariant net (recipe in :mod:`eosflow.nets`) with WD — the paper's run.
+* ``no_wd``: the same loss and ``w0`` with ``wd = 0``: ``||w||`` cannot shrink, ``η̃`` stays
+  put, and GD never reaches the Edge of Stability.
+* ``no_bn``: the same architecture without BN (biases, plain head), WD on. Not scale-invariant,
+  so spherical sharpness is undefined; the plain top Hessian eigenvalue ``λ1(∇²L(w_t))`` is
+  recorded instead (every ``no_bn_hess_every`` steps, after the run), on another scale.
+
+Recorded every ``record_every`` steps: train loss (cross-entropy), ``||w||``, ``η̃``, spherical
+sharpness ``λ1(∇²L(θ_t))`` (warm-started Lanczos every ``sharpness_every`` steps), and — computed
+after each run from the recorded ``w`` — train/test accuracy and test loss, BN always using the
+training-batch statistics. ``w`` itself is not saved (only ``w_final``).
+
+"Fit" = the first record with 100% training accuracy. "End" sharpness = the median of the
+sharpness values in the last 10% of the run (at EoS it oscillates from step to step).
+
+Devices: JAX runs on whatever device it finds; the same command runs on a GPU unchanged. The
+command turns on float64 and ``dtype="float64"`` keeps it (the theory checks need it); on a GPU use
+``--set dtype='"float32"'``. The full training batch goes through the net in one pass (BN
+statistics are full-batch), and ``simulate`` keeps the recorded ``w`` of a chunk in memory, so for
+VGG-11 on CIFAR-10 use a per-class ``subset`` and a coarse ``record_every``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eosflow.data import load_cifar10, load_digits
+from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
+from eosflow.runio import RunRecorder, run_chunked
+from eosflow.sharpness import hessian_top_eigs
+from experiments._common import (
+    COLORS,
+    as_float,
+    first_index,
+    load_arrays,
+    load_summary,
+    new_figure,
+    save_figure,
+)
+
+NAME = "net"
+DESCRIPTION = "scale-invariant net (MLP/VGG-11), full-batch GD+WD: sharpness and test accuracy"
+PAPER = "Figure 2"
+
+RUNS = ("bn", "no_wd", "no_bn")
+LABELS = {"bn": "BN + WD", "no_wd": "BN, no WD", "no_bn": "no BN, WD"}
+_FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+
+
+def default_config(quick: bool) -> dict:
+    """Digits, MLP(32, 32), ``γ = 2``, ``lr = 0.1``, ``wd = 0.01`` (``η_in = 1e-3``).
+
+    Quick: 20 training images per class (200), the full 449-image test split, 4000 steps. Full:
+    50 per class (500), 20000 steps.
+    """
+    return {
+        "quick": bool(quick),
+        "seed": 0,
+        "dataset": "digits",
+        "data_dir": "",
+        "subset": 20 if quick else 50,
+        "test_subset": None,
+        "arch": "mlp",
+        "widths": [32, 32],
+        "vgg_width": 0.125,
+        "activation": "swish",
+        "logit_scale": 2.0,
+        "dtype": "float64",
+        "lr": 0.1,
+        "wd": 0.01,
+        "steps": 4000 if quick else 20000,
+        "record_every": 20,
+        "sharpness_every": 100,
+        "no_bn_hess_every": 500 if quick else 2000,
+        "runs": list(RUNS),
+    }
+
+
+def validate_config(config: dict) -> None:
+    """Raise ``ValueError`` on settings the run cannot use."""
+    c = config
+    if c["dataset"] not in ("digits", "cifar10"):
+        raise ValueError(f"dataset must be 'digits' or 'cifar10', got {c['dataset']!r}")
+    if c["dataset"] == "cifar10":
+        if not c["data_dir"]:
+            raise ValueError(
+                "dataset cifar10 needs data_dir (the extracted cifar-10-batches-py folder): "
+                "--set data_dir=/path/to/cifar-10-batches-py"
+            )
+        if not os.path.isdir(c["data_dir"]):
+            raise ValueError(f"data_dir {c['data_dir']!r} is not a directory")
+    if c["arch"] not in ("mlp", "vgg11"):
+        raise ValueError(f"arch must be 'mlp' or 'vgg11', got {c['arch']!r}")
+    if c["arch"] == "mlp" and (
+        not isinstance(c["widths"], list)
+        or not all(isinstance(n, int) and n > 0 for n in c["widths"])
+    ):
+        raise ValueError(f"widths must be a list of positive integers, got {c['widths']!r}")
+    if not c["vgg_width"] > 0 or not c["logit_scale"] > 0:
+        raise ValueError("vgg_width and logit_scale must be > 0")
+    if c["activation"] not in ("swish", "gelu"):
+        raise ValueError(f"activation must be 'swish' or 'gelu', got {c['activation']!r}")
+    if c["dtype"] not in ("float64", "float32"):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {c['dtype']!r}")
+    for k in ("subset", "test_subset"):
+        if c[k] is not None and (not isinstance(c[k], int) or c[k] < 1):
+            raise ValueError(f"{k} must be null (all) or a positive integer, got {c[k]!r}")
+    if min(c["record_every"], c["sharpness_every"], c["no_bn_hess_every"]) < 1:
+        raise ValueError("record_every, sharpness_every and no_bn_hess_every must be >= 1")
+    if c["sharpness_every"] % c["record_every"] or c["no_bn_hess_every"] % c["record_every"]:
+        raise ValueError("sharpness_every and no_bn_hess_every must be multiples of record_every")
+    if c["steps"] < c["sharpness_every"]:
+        raise ValueError("steps must be >= sharpness_every")
+    runs = c["runs"]
+    if not isinstance(runs, list) or not runs or any(r not in RUNS for r in runs):
+        raise ValueError(f"runs must be a non-empty list drawn from {list(RUNS)}, got {runs!r}")
+
+
+def load_data(config: dict):
+    """The :class:`eosflow.data.Dataset` of the config (split and subset by ``seed``)."""
+    c = config
+    if c["dataset"] == "digits":
+        return load_digits(seed=c["seed"], subset=c["subset"], test_subset=c["test_subset"])
+    return load_cifar10(c["data_dir"], subset=c["subset"], test_subset=c["test_subset"])
+
+
+def build_model(config: dict, num_classes: int, bn: bool):
+    """The flax module of the config (``bn=False``: the no-BN ablation)."""
+    c = config
+    common = dict(
+        num_classes=num_classes, bn=bn, activation=c["activation"], logit_scale=c["logit_scale"]
+    )
+    if c["arch"] == "mlp":
+        return MLP(widths=tuple(c["widths"]), **common)
+    return VGG(config=vgg_config(VGG11, c["vgg_width"]), **common)
+
+
+def _median_tail(step, values, frac=0.25):
+    """Median of the finite ``values`` recorded in the last ``frac`` of the steps."""
+    ok = np.isfinite(values)
+    if not ok.any():
+        return None
+    cut = step[-1] - frac * (step[-1] - step[0])
+    tail = values[ok & (step >= cut)]
+    return as_float(np.median(tail if tail.size else values[ok][-1:]))
+
+
+def _summarize(step, loss, eff_lr, sharp, train_acc, test_acc) -> dict:
+    i_fit = first_index(train_acc >= 1.0)
+    ok = np.flatnonzero(np.isfinite(sharp))
+    s_fit = None
+    eos = None
+    if i_fit is not None and ok.size:
+        after = ok[ok >= i_fit]
+        s_fit = sharp[after[0]] if after.size else None
+        hit = after[eff_lr[after] * sharp[after] >= 2.0]
+        eos = int(step[hit[0]]) if hit.size else None
+    s_end = _median_tail(step, sharp)
+    tail = step >= step[-1] - 0.1 * (step[-1] - step[0])
+    return {
+        "fit_step": None if i_fit is None else int(step[i_fit]),
+        "eos_step": eos,
+        "train_acc_end": as_float(train_acc[-1]),
+        "train_loss_end": as_float(loss[-1]),
+        "test_acc_init": as_float(test_acc[0]),
+        "test_acc_at_fit": None if i_fit is None else as_float(test_acc[i_fit]),
+        "test_acc_end": as_float(test_acc[-1]),
+        "test_acc_end_mean": as_float(np.mean(test_acc[tail])),
+        "sharpness_init": as_float(sharp[ok[0]]) if ok.size else None,
+        "sharpness_at_fit": as_float(s_fit),
+        "sharpness_end": s_end,
+        "sharpness_last": as_float(sharp[ok[-1]]) if ok.size else None,
+        "sharpness_ratio_fit_to_end": (
+            None if s_fit is None or not s_end else as_float(s_fit / s_end)
+        ),
+        "last_step": int(step[-1]),
+    }
+
+
+def run(config: dict, out: Path, progress: bool = True) -> dict:
+    """Run the selected trainings; save ``arrays.npz`` and ``summary.json`` in ``out``.
+
+    Arrays (``R`` in ``runs``): ``R_step, R_norm, R_eff_lr, R_loss, R_grad_norm, R_sharpness``
+    (per record), ``R_train_acc, R_test_acc, R_test_loss``, ``R_w_final``, ``R_wall_s``; for
+    ``no_bn`` also ``no_bn_hess_top`` (``λ1(∇²L(w_t))``, NaN where not computed). Data:
+    ``y_train, y_test``.
+
+    Returns:
+      the key numbers per run: fit step (100% train accuracy), EoS step, test accuracy at
+      init/fit/end, spherical sharpness at init/fit/end and the ratio fit/end, final train loss.
+    """
+    c = config
+    validate_config(c)
+    dtype = np.dtype(c["dtype"])
+    data = load_data(c)
+    rec = RunRecorder(out, NAME, c)
+    rec.update(y_train=data.y_train, y_test=data.y_test)
+    x_tr, x_te = data.x_train.astype(dtype), data.x_test.astype(dtype)
+
+    nets = {}
+    if {"bn", "no_wd"} & set(c["runs"]):
+        nets[True] = make_net_loss(
+            build_model(c, data.num_classes, True), x_tr, data.y_train, seed=c["seed"]
+        )
+    if "no_bn" in c["runs"]:
+        nets[False] = make_net_loss(
+            build_model(c, data.num_classes, False), x_tr, data.y_train, seed=c["seed"]
+        )
+
+    key_numbers: dict = {"D": int(next(iter(nets.values())).w0.size), "n_train": len(x_tr)}
+    for r in RUNS:
+        if r not in c["runs"]:
+            continue
+        bn = r != "no_bn"
+        net = nets[bn]
+        wd = 0.0 if r == "no_wd" else c["wd"]
+        t0 = time.perf_counter()
+        traj = run_chunked(
+            net.loss,
+            net.w0,
+            c["lr"],
+            wd,
+            int(c["steps"]),
+            record_every=int(c["record_every"]),
+            sharpness_every=int(c["sharpness_every"]) if bn else 0,
+            progress=progress,
+            label=f"{NAME} [{r}]",
+            on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
+            check_invariance=bn,
+        )
+        wall = time.perf_counter() - t0
+        w = jnp.asarray(traj.w)
+
+        def evaluate(wi, net=net):
+            return (
+                net.accuracy(wi, x_tr, data.y_train),
+                net.accuracy(wi, x_te, data.y_test),
+                net.eval_loss(wi, x_te, data.y_test),
+            )
+
+        tr_acc, te_acc, te_loss = map(
+            np.asarray, jax.jit(lambda ws, f=evaluate: jax.lax.map(f, ws, batch_size=16))(w)
+        )
+        step = np.asarray(traj.step)
+        extra = {
+            f"{r}_train_acc": tr_acc,
+            f"{r}_test_acc": te_acc,
+            f"{r}_test_loss": te_loss,
+            f"{r}_wall_s": np.asarray(wall),
+        }
+        sharp = np.asarray(traj.sharpness)
+        if not bn:
+            on = step % c["no_bn_hess_every"] == 0
+            hess = np.full(len(step), np.nan)
+            top = jax.jit(
+                lambda ws, f=net.loss: jax.lax.map(
+                    lambda v: hessian_top_eigs(f, v).eigenvalues[0], ws
+                )
+            )
+            hess[on] = np.asarray(top(w[on]))
+            extra[f"{r}_hess_top"] = hess
+            sharp = hess
+        rec.update(**extra)
+        nums = _summarize(
+            step, np.asarray(traj.loss), np.asarray(traj.eff_lr), sharp, tr_acc, te_acc
+        )
+        nums["wall_s"] = wall
+        if not bn:
+            for k in list(nums):
+                if k.startswith("sharpness"):
+                    nums[k.replace("sharpness", "hess_top")] = nums.pop(k)
+            nums["eos_step"] = None
+        key_numbers[r] = nums
+
+    eos = key_numbers.get("bn", {}).get("eos_step")
+    for r in ("bn", "no_wd"):
+        if r not in key_numbers:
+            continue
+        nums = key_numbers[r]
+        a = rec.arrays
+        i = None if eos is None else int(np.searchsorted(a[f"{r}_step"], eos))
+        s_eos = None if i is None else as_float(a[f"{r}_sharpness"][i])
+        nums["sharpness_at_bn_eos"] = s_eos
+        nums["sharpness_ratio_bn_eos_to_end"] = (
+            None if s_eos is None or not nums["sharpness_end"] else s_eos / nums["sharpness_end"]
+        )
+
+    claims = {}
+    b, nw = key_numbers.get("bn"), key_numbers.get("no_wd")
+    if b is not None:
+        claims["bn: 100% train accuracy reached"] = b["fit_step"] is not None
+        ratio = b["sharpness_ratio_fit_to_end"]
+        claims["bn: spherical sharpness falls >= 2x from fit to end"] = bool(ratio and ratio >= 2)
+    if nw is not None:
+        s0, s1 = nw["sharpness_at_fit"], nw["sharpness_end"]
+        claims["no_wd: spherical sharpness changes < 10% from fit to end"] = bool(
+            s0 and s1 and abs(s1 / s0 - 1) < 0.1
+        )
+        s0 = nw.get("sharpness_at_bn_eos")
+        claims["no_wd: spherical sharpness changes < 10% from the bn run's EoS entry to end"] = (
+            bool(s0 and s1 and abs(s1 / s0 - 1) < 0.1)
+        )
+    if b is not None and b.get("sharpness_ratio_bn_eos_to_end") is not None:
+        claims["bn: spherical sharpness falls >= 2x from its EoS entry to end"] = (
+            b["sharpness_ratio_bn_eos_to_end"] >= 2
+        )
+    notes = [
+        "fit = first recorded step with 100% training accuracy",
+        "sharpness_end = median of the spherical sharpness over the last 25% of the steps",
+        "sharpness_at_bn_eos = sharpness at the bn run's EoS entry (first record after the fit "
+        "with eff_lr * sharpness >= 2), the same step for both BN runs",
+        "no_bn: spherical sharpness is undefined without normalization; hess_top_* is the plain "
+        "top Hessian eigenvalue lambda_1(grad^2 L(w_t)), on a different scale",
+        "accuracy on any data uses the BN statistics of the training batch",
+    ]
+    rec.finish(
+        key_numbers,
+        dtype=dtype,
+        notes=notes,
+        description=DESCRIPTION,
+        paper=PAPER,
+        claims=claims,
+    )
+    return key_numbers
+
+
+def plot(out: Path) -> list[Path]:
+    """``figure2.png``: (a) test accuracy, (b) spherical sharpness (no-BN: ``λ1(∇²L(w))``),
+    (c) train loss, (d) ``η̃_t·λ1`` (EoS at 2), (e) train accuracy, (f) ``||w_t||``."""
+    out = Path(out)
+    a = load_arrays(out)
+    summary = load_summary(out)
+    c = summary["config"]
+    runs = [r for r in RUNS if f"{r}_step" in a]
+    fit = summary["key_numbers"].get("bn", {}).get("fit_step")
+    fig, ax = new_figure(2, 3, (14, 7.5))
+    (a_test, a_sharp, a_loss), (a_eos, a_train, a_norm) = ax
+    for r in runs:
+        st, col, lab = a[f"{r}_step"], COLORS[r], LABELS[r]
+        a_test.plot(st, 100 * a[f"{r}_test_acc"], color=col, label=lab)
+        a_train.plot(st, 100 * a[f"{r}_train_acc"], color=col, label=lab)
+        a_loss.semilogy(st, a[f"{r}_loss"], color=col, label=lab)
+        a_norm.semilogy(st, a[f"{r}_norm"], color=col, label=lab)
+        sharp = a[f"{r}_hess_top"] if r == "no_bn" else a[f"{r}_sharpness"]
+        ok = np.isfinite(sharp)
+        slab = lab + (" — λ1(∇²L(w)), not spherical" if r == "no_bn" else "")
+        a_sharp.semilogy(st[ok], sharp[ok], ".-" if r == "no_bn" else "-", color=col, label=slab)
+        if r != "no_bn":
+            a_eos.semilogy(st[ok], (a[f"{r}_eff_lr"] * sharp)[ok], color=col, label=lab)
+    for axis in ax.flat:
+        if fit is not None:
+            axis.axvline(fit, color="gray", ls=":", lw=1)
+        axis.set_xlabel("step")
+        axis.legend(fontsize=7)
+    a_test.set(title="(a) test accuracy", ylabel="%")
+    a_sharp.set(title="(b) spherical sharpness λ1(∇²L(θ_t))", ylabel="λ1")
+    a_loss.set(title="(c) train loss (cross-entropy)", ylabel="loss")
+    a_eos.axhline(2.0, color="k", lw=0.8, ls="--")
+    a_eos.set(title="(d) η̃_t·λ1 (EoS at 2)", ylabel="η̃ λ1")
+    a_train.set(title="(e) train accuracy", ylabel="%")
+    a_norm.set(title="(f) ||w_t||", ylabel="norm")
+    arch = f"MLP{tuple(c['widths'])}" if c["arch"] == "mlp" else f"VGG-11 x{c['vgg_width']}"
+    fig.suptitle(
+        f"Figure 2: {arch} on {c['dataset']} (subset {c['subset']}/class), γ={c['logit_scale']}, "
+        f"lr={c['lr']}, wd={c['wd']}, {c['steps']} steps (dotted: 100% train accuracy)"
+    )
+    return [save_figure(fig, out / "figure2.png")]

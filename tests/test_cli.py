@@ -152,3 +152,28 @@ def test_same_seed_same_numbers_overrides_and_force(tmp_path):
         assert np.array_equal(first[k], second[k], equal_nan=True), k
     assert (out / "notes.txt").read_text() == "keep me"
     assert "summary:" in r3.stdout and "key numbers:" in r3.stdout
+
+
+def test_interrupted_run_exits_130_and_keeps_partial_arrays(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a run (simulated: KeyboardInterrupt after the second chunk is saved) exits 130,
+    says where the partial arrays are, and leaves them readable."""
+    from eosflow import runio
+
+    calls = {"n": 0}
+    original = runio.RunRecorder.update
+
+    def update(self, **arrays):
+        original(self, **arrays)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runio.RunRecorder, "update", update)
+    out = tmp_path / "nd"
+    args = ["run", "norm-dynamics", "--quick", "--steps", "1000", "--set", "sharpness_every=0"]
+    assert cli.main(args + ["--no-progress", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and str(out / runio.PARTIAL) in err and "Traceback" not in err
+    with np.load(out / runio.PARTIAL) as z:
+        assert int(z["steps_done"]) == 200 and len(z["step"]) == 200
+    assert not (out / runio.ARRAYS).exists()

@@ -5,8 +5,8 @@
 * Figure 1 (matrix completion with BN) — the claims of issue 4 in quick mode, recomputed here from
   the saved parameters with independent NumPy code: test MSE falls >= 10x from the fit step to the
   end, spherical sharpness falls, effective rank ends below 5; the no-WD ablation shows none of it.
-  These hold at the default seed (0). They are *not* seed-robust in quick mode (2500 steps): see
-  ``experiments/README.md`` for other seeds.
+  These hold at the default seed (0). They are *not* seed-robust (they hold for seeds 0, 1, 3 of
+  0-5 in quick mode): see ``experiments/README.md`` for the other seeds.
 * Figure 3 (norm dynamics) — ``||w||`` rises exactly when ``||∇L(θ_t)||`` exceeds the threshold of
   eq. (1), checked against the saved arrays; the run has both phases and reaches EoS.
 * :func:`eosflow.runio.run_chunked` equals one :func:`eosflow.simulate` call bit for bit; an
@@ -100,7 +100,6 @@ def check_outputs(out: Path, r, summary: dict, figures: list[str]):
 def test_matrix_completion_outputs(mc):
     out, r, _, summary = mc
     check_outputs(out, r, summary, ["figure1.png", "singular_values.png"])
-    assert summary["wall_time_s"] < 120
 
 
 def test_norm_dynamics_outputs(nd):
@@ -182,7 +181,8 @@ def test_matrix_completion_saved_numbers_are_consistent(mc, mc_numbers):
 
 def test_matrix_completion_sharpness_by_a_second_method(mc):
     """The recorded spherical sharpness (warm-started Lanczos inside simulate) at the last
-    sharpness record equals power iteration from a fresh start (rtol 1e-6)."""
+    sharpness record equals power iteration from a fresh start: residual <= 1e-6·λ gives an
+    eigenvalue error ~1e-12·λ²/gap, so rtol 1e-8."""
     _, _, a, s = mc
     from eosflow.losses import make_matrix_completion_data, matrix_completion_bn
 
@@ -194,8 +194,8 @@ def test_matrix_completion_sharpness_by_a_second_method(mc):
     loss = matrix_completion_bn(data)
     sharp = a["bn_sharpness"]
     i = np.flatnonzero(np.isfinite(sharp))[-1]
-    ref = eosflow.spherical_sharpness(loss, jnp.asarray(a["bn_w"][i]), method="power", tol=1e-7)
-    np.testing.assert_allclose(sharp[i], float(ref.value), rtol=1e-6)
+    ref = eosflow.spherical_sharpness(loss, jnp.asarray(a["bn_w"][i]), method="power", tol=1e-6)
+    np.testing.assert_allclose(sharp[i], float(ref.value), rtol=1e-8)
 
 
 def test_matrix_completion_claims_bn(mc_numbers):

@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser"]
 EPILOG = """\
 examples:
   eosflow list
-  eosflow run matrix-completion-bn --quick          # ~30 s on 2 CPU cores -> runs/matrix-completion-bn-quick
+  eosflow run matrix-completion-bn --quick          # ~35 s on 2 CPU cores -> runs/matrix-completion-bn-quick
   eosflow run matrix-completion-bn                  # full size -> runs/matrix-completion-bn
   eosflow run norm-dynamics --lr 0.2 --wd 0.005 --steps 5000 --out runs/nd-lr0.2
   eosflow run matrix-completion-bn --quick --seed 3 --set init_scale=0.05 --force

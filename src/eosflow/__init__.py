@@ -64,6 +64,37 @@ from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, s
 
 __version__ = "0.1.0"
 
+# Loaded on first access (PEP 562): flax and scikit-learn are imported only by those who use them.
+_LAZY = {
+    "nets": ("eosflow.nets", None),
+    "data": ("eosflow.data", None),
+    "runio": ("eosflow.runio", None),
+    "MLP": ("eosflow.nets", "MLP"),
+    "VGG": ("eosflow.nets", "VGG"),
+    "VGG11": ("eosflow.nets", "VGG11"),
+    "NetLoss": ("eosflow.nets", "NetLoss"),
+    "make_net_loss": ("eosflow.nets", "make_net_loss"),
+    "Dataset": ("eosflow.data", "Dataset"),
+    "load_digits": ("eosflow.data", "load_digits"),
+    "load_cifar10": ("eosflow.data", "load_cifar10"),
+    "run_chunked": ("eosflow.runio", "run_chunked"),
+    "RunRecorder": ("eosflow.runio", "RunRecorder"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'eosflow' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "analysis",
     "flow",
@@ -122,4 +153,5 @@ __all__ = [
     "gd_wd_eff_lr_update",
     "norm_from_eff_lr",
     "sphere_step",
+    *_LAZY,
 ]

@@ -134,14 +134,20 @@ def power_iteration(
 
 
 def lanczos(
-    matvec: Callable[[Array], Array], v0: Array, num_iter: int, key: Array | None = None
+    matvec: Callable[[Array], Array],
+    v0: Array,
+    num_iter: int,
+    key: Array | None = None,
+    locked: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """One cycle of Lanczos with full reorthogonalization.
 
     Builds an orthonormal Krylov basis ``Q`` (``num_iter × D``) and the tridiagonal
     ``T = Q A Qᵀ``. On breakdown (an invariant subspace found, ``β ≈ 0``) the next basis vector
     is a random vector orthogonal to ``Q`` and the coupling is set to 0, so ``T`` stays exact.
-    Requires ``num_iter <= D``.
+    ``locked`` (optional, ``(p, D)`` orthonormal rows, e.g. converged eigenvectors) deflates: the
+    basis is kept orthogonal to it, so the Ritz pairs are those of ``A`` on the orthogonal
+    complement of ``locked``. Requires ``num_iter <= D − p``.
 
     Returns:
       ``(ritz_values (m,) descending, ritz_vectors (m, D), residuals (m,))`` with
@@ -149,17 +155,26 @@ def lanczos(
     """
     D = v0.shape[0]
     m = num_iter
-    if m > D:
-        raise ValueError(f"lanczos: num_iter={m} exceeds the dimension D={D}")
+    p = 0 if locked is None else locked.shape[0]
+    if m > D - p:
+        raise ValueError(
+            f"lanczos: num_iter={m} exceeds the dimension D={D} (minus {p} locked vectors)"
+        )
     key = jax.random.PRNGKey(1) if key is None else key
     dtype = v0.dtype
-    Q = jnp.zeros((m + 1, D), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    alphas = jnp.zeros((m,), dtype)
-    betas = jnp.zeros((m,), dtype)
 
     def orth(Q, x):
-        x = x - Q.T @ (Q @ x)
-        return x - Q.T @ (Q @ x)  # twice is enough (Kahan–Parlett)
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            if locked is not None:
+                x = x - locked.T @ (locked @ x)
+            x = x - Q.T @ (Q @ x)
+        return x
+
+    Q = jnp.zeros((m + 1, D), dtype)
+    q0 = orth(Q, v0)
+    Q = Q.at[0].set(q0 / jnp.linalg.norm(q0))
+    alphas = jnp.zeros((m,), dtype)
+    betas = jnp.zeros((m,), dtype)
 
     def body(j, carry):
         Q, alphas, betas = carry
@@ -192,40 +207,82 @@ def lanczos_top_eigs(
     num_iter: int = 30,
     max_restarts: int = 50,
 ) -> EigResult:
-    """Top-``k`` (algebraic) eigenpairs by explicitly restarted Lanczos.
+    """Top-``k`` (algebraic) eigenpairs by explicitly restarted Lanczos with locking.
 
-    Each cycle runs :func:`lanczos` for ``min(num_iter, D)`` steps from the current start vector
-    (first ``v0``, then the sum of the current top-``k`` Ritz vectors) until every top-``k``
-    residual is ``<= tol·max(|λ_1|, tiny)``, or ``max_restarts`` cycles. Eigenvalue errors are
-    ``O(residual²/gap)``, far below ``tol``. Returns an :class:`EigResult`.
+    The eigenpairs are found one at a time. For pair ``i`` each cycle runs :func:`lanczos` for
+    ``min(num_iter, D − i)`` steps, orthogonal to the ``i`` pairs already found (locked), from the
+    current start vector (``v0`` for ``i = 0``, a fixed random vector for ``i > 0``; then the top
+    Ritz vector) until its residual is ``<= tol·max(|λ_1|, |λ_i|, tiny)``, or ``max_restarts``
+    cycles. Locking is what finds repeated or tightly clustered eigenvalues (a single Krylov
+    sequence sees one direction per eigenspace). Eigenvalue errors are ``O(residual²/gap)``, far
+    below ``tol``. Returns an :class:`EigResult` (``num_hvps`` summed over all cycles).
     """
     D = v0.shape[0]
     m = min(num_iter, D)
     if not 1 <= k <= m:
         raise ValueError(f"lanczos_top_eigs: need 1 <= k <= min(num_iter, D) = {m}, got k={k}")
-    tiny = jnp.finfo(v0.dtype).tiny
+    dtype = v0.dtype
+    tiny = jnp.finfo(dtype).tiny
 
-    def cycle(v, c):
-        evals, vecs, res = lanczos(matvec, v, m, key=jax.random.fold_in(jax.random.PRNGKey(1), c))
-        return evals[:k], vecs[:k], res[:k]
+    def top1(v, locked, scale, key, mi):
+        """Restarted Lanczos for the top pair orthogonal to ``locked``: (λ, v, residual, HVPs)."""
 
-    def cond(carry):
-        c, _, evals, _, res = carry
-        done = jnp.all(res <= tol * jnp.maximum(jnp.abs(evals[0]), tiny))
-        return (c < max_restarts) & ~done
+        def cycle(v, c):
+            evals, vecs, res = lanczos(matvec, v, mi, key=jax.random.fold_in(key, c), locked=locked)
+            return evals[0], vecs[0], res[0]
 
-    def body(carry):
-        c, v, _, _, _ = carry
-        evals, vecs, res = cycle(v, c)
-        v_next = jnp.sum(vecs, axis=0)
-        return c + 1, v_next / jnp.linalg.norm(v_next), evals, vecs, res
+        def cond(carry):
+            c, lam, _, res = carry
+            unconverged = res > tol * jnp.maximum(jnp.maximum(scale, jnp.abs(lam)), tiny)
+            return (c == 0) | ((c < max_restarts) & unconverged)
 
-    evals, vecs, res = cycle(v0, 0)
-    v1 = jnp.sum(vecs, axis=0)
-    c, _, evals, vecs, res = lax.while_loop(
-        cond, body, (jnp.asarray(1), v1 / jnp.linalg.norm(v1), evals, vecs, res)
-    )
-    return EigResult(evals, vecs, c * m, res)
+        def body(carry):
+            c, _, v, _ = carry
+            lam, v, res = cycle(v, c)
+            return c + 1, lam, v, res
+
+        # The first cycle runs inside the loop too (c == 0): one compiled copy of the cycle.
+        init = (jnp.asarray(0), jnp.zeros((), dtype), v, jnp.asarray(jnp.inf, dtype))
+        c, lam, v, res = lax.while_loop(cond, body, init)
+        return lam, v, res, c * mi
+
+    if k == 1:
+        lam, v, res, n = top1(v0, None, jnp.zeros((), dtype), jax.random.PRNGKey(1), m)
+        return EigResult(lam[None], v[None], n, res[None])
+
+    def pair_args(i, lams):  # start vector, key and residual scale of pair i (may be traced)
+        rnd = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(2), i), (D,), dtype)
+        first = i == 0
+        key = jnp.where(
+            first, jax.random.PRNGKey(1), jax.random.fold_in(jax.random.PRNGKey(1), 10_000 + i)
+        )
+        return jnp.where(first, v0, rnd), key, jnp.where(first, 0.0, jnp.abs(lams[0]))
+
+    carry = (jnp.zeros((k,), dtype), jnp.zeros((k, D), dtype), jnp.zeros((k,), dtype), 0)
+    if D - (k - 1) >= m:
+        # Common case: the same Krylov dimension for every pair, so one compiled loop over pairs.
+        # Rows of ``vecs`` not found yet are zero, and orthogonalizing against them is a no-op.
+        def pair(i, carry):
+            lams, vecs, ress, n = carry
+            start, key, scale = pair_args(i, lams)
+            lam, v, res, ni = top1(start, vecs[: k - 1], scale, key, m)
+            return lams.at[i].set(lam), vecs.at[i].set(v), ress.at[i].set(res), n + ni
+
+        lams, vecs, ress, n = lax.fori_loop(0, k, pair, carry[:3] + (jnp.asarray(0),))
+    else:
+        # Tiny D: the Krylov dimension shrinks as pairs are locked (static shapes per pair).
+        lams, vecs, ress, n = carry
+        for i in range(k):
+            start, key, scale = pair_args(i, lams)
+            lam, v, res, ni = top1(start, vecs[:i] if i else None, scale, key, min(m, D - i))
+            lams, vecs, ress, n = (
+                lams.at[i].set(lam),
+                vecs.at[i].set(v),
+                ress.at[i].set(res),
+                n + ni,
+            )
+    order = jnp.argsort(-lams)  # already descending up to clusters resolved late
+    return EigResult(lams[order], vecs[order], n, ress[order])
 
 
 def _loss_matvec(loss: Callable, w, normalize: bool):

@@ -159,13 +159,27 @@ def _finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_every, lanczos_iter):
-    """The shared driver: outer ``lax.scan`` over records, inner loop of ``record_every`` steps.
+def _initial_carry(state0, w_init: Array) -> _Carry:
+    """The driver's carry at step 0: ``state0``, ``t = 0``, the default Lanczos start vector for
+    the sharpness warm start, ``bad = -1``."""
+    return _Carry(
+        state0, jnp.asarray(0), _default_v0(w_init.shape[0], w_init.dtype), jnp.asarray(-1)
+    )
 
-    ``step_fn(f, state, lr, wd) -> (state, StepInfo)``; ``to_w(state, lr, wd) -> flat w_t``.
-    A non-finite step freezes the state and sets ``bad`` to that step.
+
+def _run_records(
+    f, step_fn, carry0, to_w, lr, wd, *, n_rec, steps, record_every, sharpness_every, lanczos_iter
+):
+    """``n_rec`` records of the driver from ``carry0`` (global step ``carry0.t``): one
+    ``lax.scan`` over records, an inner loop of ``record_every`` steps.
+
+    ``steps`` is the run's total (the last record's inner loop stops there); it may be traced.
+    Returns ``(carry, (t, w, theta, info, lam))`` with per-record outputs stacked. Resuming from
+    the returned carry continues the run exactly (same state, step count, warm start, ``bad``),
+    which is what :func:`eosflow.sweep` uses for chunks. Written for one configuration;
+    :func:`eosflow.sweep` ``vmap``s it (``t`` stays unbatched, so the sharpness ``cond`` keeps a
+    scalar predicate and only runs at steps divisible by ``sharpness_every``).
     """
-    n_rec = math.ceil(steps / record_every)
 
     def guarded(carry: _Carry):
         new, info = step_fn(f, carry.state, lr, wd)
@@ -182,13 +196,16 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
             r = lanczos_top_eigs(lambda u: hvp(f, theta, u), v, 1, num_iter=lanczos_iter)
             return r.eigenvalues[0], r.eigenvectors[0]
 
-        want = (sharpness_every > 0) & (carry.t % max(sharpness_every, 1) == 0) & (carry.bad < 0)
+        # The predicate depends on t only (not on `bad`), so under vmap it stays a scalar and the
+        # cond stays a cond; after a non-finite step the value is masked instead.
+        want = (sharpness_every > 0) & (carry.t % max(sharpness_every, 1) == 0)
         nan = jnp.full((), jnp.nan, w.dtype)
-        lam, v1 = (
-            lax.cond(want, sharp, lambda v: (nan, v), carry.v1)
-            if sharpness_every
-            else (nan, carry.v1)
-        )
+        if sharpness_every:
+            lam, v1 = lax.cond(want, sharp, lambda v: (nan, v), carry.v1)
+            good = carry.bad < 0
+            lam, v1 = jnp.where(good, lam, nan), jnp.where(good, v1, carry.v1)
+        else:
+            lam, v1 = nan, carry.v1
         t_rec = carry.t
         carry, info = guarded(carry._replace(v1=v1))
         n_inner = jnp.minimum(record_every, steps - t_rec)
@@ -197,11 +214,28 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
         rec = (t_rec, w, theta, info, lam)
         return carry, rec
 
-    w_init = to_w(state0, lr, wd)
-    carry0 = _Carry(
-        state0, jnp.asarray(0), _default_v0(w_init.shape[0], w_init.dtype), jnp.asarray(-1)
+    return lax.scan(record, carry0, None, length=n_rec)
+
+
+def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_every, lanczos_iter):
+    """The shared driver: outer ``lax.scan`` over records, inner loop of ``record_every`` steps.
+
+    ``step_fn(f, state, lr, wd) -> (state, StepInfo)``; ``to_w(state, lr, wd) -> flat w_t``.
+    A non-finite step freezes the state and sets ``bad`` to that step.
+    """
+    carry, (t, w, theta, info, lam) = _run_records(
+        f,
+        step_fn,
+        _initial_carry(state0, to_w(state0, lr, wd)),
+        to_w,
+        lr,
+        wd,
+        n_rec=math.ceil(steps / record_every),
+        steps=steps,
+        record_every=record_every,
+        sharpness_every=sharpness_every,
+        lanczos_iter=lanczos_iter,
     )
-    carry, (t, w, theta, info, lam) = lax.scan(record, carry0, None, length=n_rec)
     return carry, t, w, theta, info, lam
 
 

@@ -80,6 +80,18 @@ BAD = {
     "--set wrong type": ["run", "norm-dynamics", "--set", "n=abc"],
     "experiment-specific check": ["run", "matrix-completion-bn", "--set", "rank=99"],
     "unknown option": ["run", "norm-dynamics", "--bogus"],
+    "--no-wd on an experiment without ablations": ["run", "linreg-bn", "--no-wd"],
+    "--dataset on an experiment without datasets": ["run", "toy3d", "--dataset", "digits"],
+    "net: unknown dataset": ["run", "net", "--dataset", "mnist"],
+    "net: cifar10 without --data-dir": ["run", "net", "--dataset", "cifar10"],
+    "net: missing --data-dir folder": [
+        "run",
+        "net",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        "/no/such/dir",
+    ],
 }
 
 

@@ -87,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config entry (value parsed as JSON), repeatable",
     )
+    r.add_argument("--dataset", help="dataset (experiments with a 'dataset' setting, e.g. net)")
+    r.add_argument("--arch", help="architecture (experiments with an 'arch' setting, e.g. net)")
+    r.add_argument("--data-dir", dest="data_dir", help="data folder (e.g. CIFAR-10 for net)")
+    r.add_argument(
+        "--no-wd",
+        dest="no_wd",
+        action="store_true",
+        help="run only the no-weight-decay ablation (experiments with 'runs')",
+    )
+    r.add_argument(
+        "--no-bn",
+        dest="no_bn",
+        action="store_true",
+        help="run only the no-BatchNorm ablation (experiments with 'runs')",
+    )
     r.add_argument("--out", type=Path, help="output folder (default runs/NAME[-quick])")
     r.add_argument(
         "--force",
@@ -125,12 +140,20 @@ def _coerce(key: str, value, default):
 def _apply_overrides(name: str, config: dict, args) -> dict:
     config = dict(config)
     given = {"steps": args.steps, "lr": args.lr, "wd": args.wd, "seed": args.seed}
+    for key in ("dataset", "arch", "data_dir"):
+        given[key] = getattr(args, key, None)
     for key, value in given.items():
         if value is None:
             continue
         if key not in config:
-            raise UsageError(f"experiment {name!r} has no --{key} setting")
+            raise UsageError(f"experiment {name!r} has no --{key.replace('_', '-')} setting")
         config[key] = value
+    ablations = [r for r, on in (("no_wd", getattr(args, "no_wd", False)),
+                                 ("no_bn", getattr(args, "no_bn", False))) if on]  # fmt: skip
+    if ablations:
+        if "runs" not in config:
+            raise UsageError(f"experiment {name!r} has no ablations (--no-wd/--no-bn)")
+        config["runs"] = ablations
     for item in args.overrides:
         key, sep, text = item.partition("=")
         key = key.strip()

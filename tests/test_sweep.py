@@ -193,7 +193,8 @@ SHARDED = textwrap.dedent(
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import eosflow
-    import eosflow.sweep as S
+    import eosflow.sweep
+    S = sys.modules["eosflow.sweep"]  # the module, even if eosflow re-exports the function
     assert jax.device_count() == 4, jax.devices()
     data = eosflow.make_linear_regression_data(jax.random.PRNGKey(0), n=10, d=30)
     loss = eosflow.linear_regression_bn(data.X, data.y)

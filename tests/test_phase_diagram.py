@@ -75,7 +75,8 @@ def _recompute(a, fit_tol):
         pred = np.log(2.0 / (eff[i] * lam[i])) / (2.0 * eta)
         j = hit[0] if hit.size else None
         drift = abs(lam[j - 1] / lam[i] - 1.0) if j is not None and j > i else None
-        rows.append((st[i], st[j] if j is not None else None, pred, drift, ratio[i]))
+        prev = st[j - 1] if j is not None and j > i else None
+        rows.append((st[i], st[j] if j is not None else None, pred, drift, ratio[i], prev))
     return rows
 
 
@@ -86,7 +87,7 @@ def test_time_to_eos_matches_section_4_1_prediction(run):
     compared = []
     for b, row in enumerate(rows):
         assert row is not None, f"run {b} never fit the data"
-        t_fit, t_eos, pred, drift, ratio0 = row
+        t_fit, t_eos, pred, drift, ratio0, t_prev = row
         assert a["fit_step"][b] == t_fit
         assert a["eos_step"][b] == (t_eos if t_eos is not None else -1)
         if t_eos is None or ratio0 >= 2:
@@ -97,6 +98,10 @@ def test_time_to_eos_matches_section_4_1_prediction(run):
         assert rel >= -1e-9  # records every `every` steps: the measurement can only overshoot
         assert abs(rel - a["rel_err"][b]) <= 1e-12
         assert drift is not None and drift < 1e-3, drift  # λ1 stays put until EoS
+        # resolved error: distance of the predicted step to the record window (t_prev, t_eos]
+        t_pred = t_fit + pred
+        resolved = max(0.0, t_prev - t_pred, t_pred - t_eos) / pred
+        assert abs(resolved - a["resolved_err"][b]) <= 1e-12 and resolved <= 0.15
     assert len(compared) >= 5, compared
     kn = s["key_numbers"]
     assert kn["compared"] == len(compared) and kn["prediction_within_tolerance"] is True

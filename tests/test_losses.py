@@ -105,7 +105,6 @@ CASES = [
     ("mc-bn-8x8", matrix_completion_bn(MC_SMALL), _random_w(11, 128), True),
     ("mc-bn-50x50", matrix_completion_bn(MC_FULL), _random_w(12, 5000), False),
     ("toy3d", toy3d(), _random_w(13, 3), True),
-    ("toy3d-c3.5", toy3d(3.5), _random_w(14, 3), True),
     ("scale_invariant(f)", scale_invariant(_generic_f), _random_w(15, 7, 0.4), True),
     ("scale_invariant(f)-pytree", scale_invariant(_generic_tree_f), TREE_W, True),
 ]
@@ -227,7 +226,7 @@ def test_scale_invariant_wrapper_is_f_of_direction():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,loss,w,dense_ok", CASES[:5], ids=IDS[:5])
+@pytest.mark.parametrize("name,loss,w,dense_ok", CASES[:4], ids=IDS[:4])
 def test_residual_loss_is_mean_squared_residual(name, loss, w, dense_ok):
     assert isinstance(loss, ResidualLoss)
     value, r = jax.jit(lambda w: (loss(w), loss.residual(w)))(w)

@@ -61,6 +61,8 @@ from eosflow.simulate import (
     validate_hyperparams,
 )
 from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, sphere_step
+from eosflow.sweep import SweepConfig, load_sweep, sweep, take_config
+from eosflow.sweep import configurations as sweep_configurations
 
 __version__ = "0.1.0"
 
@@ -153,5 +155,10 @@ __all__ = [
     "gd_wd_eff_lr_update",
     "norm_from_eff_lr",
     "sphere_step",
+    "SweepConfig",
+    "load_sweep",
+    "sweep",
+    "sweep_configurations",
+    "take_config",
     *_LAZY,
 ]

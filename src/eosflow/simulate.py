@@ -415,14 +415,32 @@ def simulate_sphere(
     check_invariance: bool = True,
     on_nonfinite: str = "raise",
     lanczos_iter: int = 20,
+    scheduler=None,
+    scheduler_hparams=None,
 ) -> Trajectory:
     """Run the sphere form, eq. (2) + the GD+WD effective-LR update (Lemma 3.1).
 
     Evolves ``(θ_t, η̃_t)`` from ``θ_0 = w0/||w0||``, ``η̃_0 = lr/((1−lr·wd)||w0||²)`` by
     ``θ_{t+1} = Π(θ_t − η̃_t ∇L(θ_t))``, ``1/η̃_{t+1} = (1−lr·wd)²(1/η̃_t + η̃_t ||∇L(θ_t)||²)``.
     It reproduces :func:`simulate` (``θ_t``, ``η̃_t``) to float64 round-off; ``w``/``norm`` are
-    reconstructed from ``η̃``. Arguments and return value as in :func:`simulate`.
+    reconstructed from ``η̃``. Arguments and return value as in :func:`simulate`, plus:
+
+    Args:
+      scheduler: an :class:`eosflow.schedulers.EffLRScheduler` replacing the GD+WD rule for
+        ``η̃_t`` (e.g. ``scalar_rmsprop_scheduler``; see :mod:`eosflow.schedulers`); it gets
+        ``η̃_0`` above. ``None`` (default): the built-in GD+WD rule.
+      scheduler_hparams: the scheduler's hyperparameter pytree (traced); default
+        ``GDWDHparams(lr, wd)``.
     """
+    if scheduler is not None or scheduler_hparams is not None:
+        from eosflow.schedulers import _simulate_scheduled
+
+        return _simulate_scheduled(
+            loss, w0, lr, wd, steps, scheduler=scheduler, hparams=scheduler_hparams,
+            record_every=record_every, sharpness_every=sharpness_every,
+            check_invariance=check_invariance, on_nonfinite=on_nonfinite,
+            lanczos_iter=lanczos_iter,
+        )  # fmt: skip
     return _simulate(
         "sphere",
         "simulate_sphere",

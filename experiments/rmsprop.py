@@ -1,0 +1,585 @@
+"""Quasi-RMSprop beyond GD+WD: scalar RMSprop on plain losses; Adam(W) and SGD+momentum with BN.
+
+The paper (Section 4.2.3; Appendix B, unavailable) says its Edge-of-Stability mechanism is not
+specific to GD+WD: an effective learning rate that grows while gradients are small and shrinks when
+they are large ("Quasi-RMSprop") drives the iterate to ``lr·λ1 ≈ 2``, where it oscillates with
+period two; for GD+WD on a scale-invariant loss the oscillation then drifts toward flatter
+minimizers (Theorem 4.7). This experiment tests the first half of that statement and asks, without
+assuming the answer, whether the second half (sharpness falls after the fit) carries over.
+
+**Part A — scalar RMSprop on losses WITHOUT normalization** (:func:`eosflow.optim.simulate_rmsprop`):
+plain GD ``w ← w − lr_t ∇L(w)`` with ``v_{t+1} = βv_t + (1−β)||∇L(w_t)||²``,
+``lr_t = η/√(v_{t+1}+ε)``:
+
+* linear regression ``L(w, b) = mean_i (wᵀx_i + b − y_i)²`` (``n = 40``, ``d = 100``, the data of
+  :func:`eosflow.losses.make_linear_regression_data`). The loss is quadratic, so its Hessian —
+  and ``λ1`` — is constant: sharpness *cannot* change; the point is ``lr_t λ1 → 2`` and the
+  oscillation. ``λ1`` and ``v1`` from the dense Hessian.
+* matrix completion ``L(U, V) = mean_Ω ([UVᵀ]_Ω − M_Ω)²`` (Figure 1's data: rank-2 ``M``,
+  50×50, 800 entries, ``U, V ∈ R^{50×50}``, ``w0 = 0.1·N(0, I)``); ``λ1(∇²L(w_t))`` by
+  warm-started Lanczos every ``sharpness_every`` steps.
+
+Recorded: ``lr_t`` (the measured plain LR, exact for this optimizer), ``L(w_t)``, ``λ1``, test MSE
+(and the effective rank of ``UVᵀ``). EoS entry = first sharpness record with ``lr_t λ1 >=
+eos_threshold`` (1.8). Period two: over ``window`` consecutive steps at the end (a continuation
+run from the final state), the share of steps where the sign of ``⟨w_t − w_{t−1}, v1⟩`` flips
+(``v1`` = top Hessian eigenvector at the last sharpness record), and the share with
+``⟨Δw_t, Δw_{t−1}⟩ < 0``.
+
+**Part B — the BN losses with optax optimizers** (:func:`eosflow.optim.simulate_optax`, sphere
+geometry): :func:`eosflow.losses.linear_regression_bn` (same data) and
+:func:`eosflow.losses.matrix_completion_bn` (same data and ``w0``), each with AdamW (decoupled
+WD), Adam (the same object with ``weight_decay = 0`` in its injected hyperparameters), SGD with
+heavy-ball momentum and coupled WD (``chain(add_decayed_weights(wd), sgd(lr, momentum))``) and
+the same without WD. Recorded: spherical sharpness ``λ1(∇²L(θ_t))``, the measured PGD effective
+LR ``η̃_t`` and its fit residual (momentum and Adam steps are not PGD steps: the residual says how
+far), ``||w_t||``, test loss (and effective rank). "Fit" = first record with ``L <= fit_tol``.
+
+What we found (seed 0, quick mode, 3000 steps; all numbers in ``summary.json``):
+
+* Scalar RMSprop reaches the EoS on both plain losses and stays there with a clean period-two
+  oscillation (sign of ``⟨Δw_t, v1⟩`` flips at 100% of the window's steps, median
+  ``|cos(Δw_t, v1)|`` 0.975–1.000). Linear regression: ``lr_t λ1`` overshoots to 2.33 at entry
+  (step 600), then spirals in: within 1.5% of 2 from step 800, within 0.02% from 2000 on; the
+  oscillation along ``v1`` has amplitude ``η/2`` (the fixed point ``v = (ηλ1/2)²``), so the
+  training loss stays at 2.5e-3 instead of reaching 0, and ``λ1 = 201.47`` is constant (quadratic).
+  Matrix completion: ``lr_t λ1`` settles at 2.13 (``λ1`` measured at the oscillating iterate, not
+  at a minimizer); sharpness falls only 3% after EoS (0.0793 → 0.0769) while the test MSE *rises*
+  (0.253 → 0.371) and the effective rank of ``UVᵀ`` rises (13.8 → 15.5). So the EoS regime
+  carries over, the GD+WD sharpness reduction does not in any useful sense: with ``lr_t`` pinned
+  at ``2/λ1`` nothing keeps pushing (unlike WD's ever-growing ``η̃``), and on a plain factorization
+  "flatter" means a smaller top singular value, not a lower rank. (An exploratory 10000-step run
+  with the same hyperparameters on another data draw: sharpness −17%, test MSE 0.26 → 0.82,
+  effective rank 16 → 24.)
+* BN losses: the no-WD optimizers (Adam, momentum) fit and then freeze (sharpness and test loss
+  change < 0.1% after the fit). With WD the loss leaves round-off again, spikes repeatedly and the
+  sharpness falls: matrix completion, momentum+WD 26.0 → 18.7 (minimum 14.4), test MSE
+  0.680 → 0.050, effective rank 25.3 → 4.5; AdamW 73.1 → 22.2, test 1.48 → 0.62, rank 33 → 23.
+  Linear regression: AdamW 30.7 → 14.2 (test 3.15 → 1.22), momentum+WD 8.15 → 7.56
+  (test 0.79 → 0.64). Momentum+WD climbs to the heavy-ball stability limit
+  ``lr λ1(∇²L(w)) = 2(1+β)`` (ratio max 1.13–1.14) before each spike. Their steps are far from PGD
+  steps (median fit residual 0.59–0.65), so their measured ``η̃`` is only indicative.
+
+Hyperparameters are ours (the paper gives none for these runs). Everything is float64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from eosflow.losses import (
+    linear_regression_bn,
+    make_linear_regression_data,
+    make_matrix_completion_data,
+    matrix_completion_bn,
+)
+from eosflow.losses.linear_regression import linear_regression_bn_test_loss
+from eosflow.losses.matrix_completion import (
+    effective_rank,
+    matrix_completion_test_mse,
+    singular_values,
+    split_factors,
+)
+from eosflow.optim import scalar_rmsprop, simulate_optax, simulate_rmsprop
+from eosflow.runio import Progress, RunRecorder
+from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
+from experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+
+NAME = "rmsprop"
+DESCRIPTION = "scalar RMSprop at EoS on plain losses; Adam(W) / SGD+momentum on the BN losses"
+PAPER = "Section 4.2.3 (Quasi-RMSprop, Appendix B)"
+
+PLAIN = ("lin", "mc")
+BN = ("lin_bn", "mc_bn")
+OPTS = ("adamw", "adam", "momentum_wd", "momentum")
+OPT_LABELS = {
+    "adamw": "AdamW",
+    "adam": "Adam (no WD)",
+    "momentum_wd": "SGD+momentum+WD",
+    "momentum": "SGD+momentum (no WD)",
+}
+OPT_COLORS = {"adamw": "C0", "adam": "C1", "momentum_wd": "C2", "momentum": "C3"}
+_FIELDS = ("step", "loss", "eff_lr", "norm", "grad_norm")
+
+
+def default_config(quick: bool) -> dict:
+    """Quick: 3000 steps per run; full: 20000."""
+    return {
+        "quick": bool(quick),
+        "seed": 0,
+        "steps": 3000 if quick else 20000,
+        "n": 40,
+        "d": 100,
+        "n_test": 500,
+        "mc_init_scale": 0.1,
+        "lin_eta": 0.01,
+        "lin_beta": 0.99,
+        "mc_eta": 0.3,
+        "mc_beta": 0.99,
+        "eps": 1e-12,
+        "adamw_lr": 1e-3,
+        "adamw_wd": 1.0,
+        "lin_momentum_lr": 0.01,
+        "lin_momentum_wd": 0.025,
+        "mc_momentum_lr": 0.05,
+        "mc_momentum_wd": 0.005,
+        "momentum": 0.9,
+        "record_every": 10,
+        "sharpness_every": 200 if quick else 500,
+        "window": 40,
+        "fit_tol": 1e-6,
+        "eos_threshold": 1.8,
+    }
+
+
+def validate_config(config: dict) -> None:
+    """Raise ``ValueError`` on settings the run cannot use."""
+    c = config
+    if c["record_every"] < 1 or c["sharpness_every"] < 1 or c["window"] < 4:
+        raise ValueError("record_every, sharpness_every must be >= 1 and window >= 4")
+    if c["sharpness_every"] % c["record_every"]:
+        raise ValueError("sharpness_every must be a multiple of record_every")
+    if c["steps"] < 4 * c["sharpness_every"]:
+        raise ValueError("steps must be at least 4 * sharpness_every")
+    for k in ("lin_beta", "mc_beta", "momentum"):
+        if not 0 <= c[k] < 1:
+            raise ValueError(f"{k} must be in [0, 1)")
+    if (
+        min(c["lin_eta"], c["mc_eta"], c["adamw_lr"], c["lin_momentum_lr"], c["mc_momentum_lr"])
+        <= 0
+    ):
+        raise ValueError("learning rates must be > 0")
+    if c["eps"] < 0 or c["adamw_wd"] < 0 or c["lin_momentum_wd"] < 0 or c["mc_momentum_wd"] < 0:
+        raise ValueError("eps and weight decays must be >= 0")
+    if c["d"] <= c["n"]:
+        raise ValueError("need d > n (over-parameterized linear regression)")
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def linreg_plain_loss(X, y):
+    """``L(w, b) = mean_i (wᵀx_i + b − y_i)²`` on the flat vector ``(w, b)`` (no BN)."""
+    d = X.shape[1]
+    return lambda p: jnp.mean(jnp.square(X @ p[:d] + p[d] - y))
+
+
+def mc_plain_loss(data):
+    """``L(U, V) = mean_Ω ([UVᵀ]_Ω − M_Ω)²`` on flat ``(U, V)`` (no BN; gathered form)."""
+    m, n = data.M.shape
+    target = data.M[data.rows, data.cols]
+
+    def loss(w):
+        U, V = split_factors(w, m, n, data.k)
+        return jnp.mean(jnp.square(jnp.sum(U[data.rows] * V[data.cols], axis=-1) - target))
+
+    return loss
+
+
+def _mc_plain_test(data, w):
+    m, n = data.M.shape
+    U, V = split_factors(w, m, n, data.k)
+    return jnp.mean(jnp.square(U @ V.T - data.M))
+
+
+def _mc_plain_rank(data, w):
+    m, n = data.M.shape
+    U, V = split_factors(w, m, n, data.k)
+    return effective_rank(jnp.linalg.svd(U @ V.T, compute_uv=False))
+
+
+def _dense_top(loss, spherical: bool):
+    """Jitted ``ws (S, D) -> (λ1 (S,), v1 (S, D))`` of the dense Hessian at ``w`` (or ``θ``)."""
+
+    def one(w):
+        x = w / jnp.linalg.norm(w) if spherical else w
+        lam, vec = jnp.linalg.eigh(jax.hessian(loss)(x))
+        return lam[-1], vec[:, -1]
+
+    return jax.jit(jax.vmap(one))
+
+
+def _lanczos_top(loss, spherical: bool):
+    """``ws (S, D) -> (λ1, v1)`` by Lanczos, one jitted call per point, warm-started."""
+
+    @jax.jit
+    def one(w, v):
+        x = w / jnp.linalg.norm(w) if spherical else w
+        r = lanczos_top_eigs(lambda u: hvp(loss, x, u), v, 1, num_iter=20)
+        return r.eigenvalues[0], r.eigenvectors[0]
+
+    def series(ws):
+        ws = np.asarray(ws)
+        v = _default_v0(ws.shape[1], ws.dtype)
+        lam, vec = [], []
+        for w in ws:
+            lam_i, v = one(w, v)
+            lam.append(np.asarray(lam_i))
+            vec.append(np.asarray(v))
+        return np.array(lam), np.array(vec)
+
+    return series
+
+
+def _batched(fn):
+    """``fn`` on each row of ``ws (T, D)``, one compiled call (``jit(vmap(fn))``)."""
+    return jax.jit(jax.vmap(fn))
+
+
+def _first(mask) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if idx.size else None
+
+
+def _sharp_idx(step, every):
+    return np.flatnonzero(np.asarray(step) % every == 0)
+
+
+# ----------------------------------------------------------------------------- part A
+
+
+def _period_two(dw: np.ndarray, v1: np.ndarray) -> dict:
+    """Sign-flip share of ``⟨Δw_t, v1⟩`` and share of ``⟨Δw_t, Δw_{t−1}⟩ < 0`` over a window."""
+    h = dw @ v1
+    flips = np.sign(h[1:]) * np.sign(h[:-1]) < 0
+    anti = np.sum(dw[1:] * dw[:-1], axis=1) < 0
+    return {
+        "sign_flip_share": float(np.mean(flips)),
+        "antiparallel_share": float(np.mean(anti)),
+        "median_abs_cos_dw_v1": float(
+            np.median(np.abs(h) / np.maximum(np.linalg.norm(dw, axis=1), 1e-300))
+        ),
+    }
+
+
+def _run_plain(name, loss, w0, eta, beta, c, sharp, test_fn, rank_fn, rec):
+    """One scalar-RMSprop run and its period-two window; saves arrays, returns key numbers.
+
+    Linear regression (``D = d + 1``) records every step and takes the window from the run's
+    last steps; matrix completion records every ``record_every`` steps and runs the window as a
+    continuation from the final state (``w_final``, optimizer state). ``v1`` for the window is
+    the top eigenvector at the last sharpness record.
+    """
+    steps, se, W = int(c["steps"]), int(c["sharpness_every"]), int(c["window"])
+    k = 1 if name == "lin" else int(c["record_every"])
+    run = simulate_rmsprop(loss, w0, eta, beta, c["eps"], steps, record_every=k)
+    tr = run.trajectory
+    si = _sharp_idx(tr.step, se)
+    lam, vec = sharp(np.asarray(tr.w)[si])
+    lr_s = np.asarray(tr.eff_lr)[si]
+    prod = lr_s * lam
+    ws = np.asarray(tr.w)
+    test = np.asarray(test_fn(ws))
+    if k == 1:
+        win_w, win_step, win_lr = ws[-(W + 1) :], np.asarray(tr.step)[-(W + 1) :], tr.eff_lr[-W:]
+    else:
+        win = simulate_optax(
+            loss, tr.w_final, scalar_rmsprop(eta, beta, c["eps"]), W + 1, geometry="plain",
+            opt_state=run.opt_state,
+        ).trajectory  # fmt: skip
+        win_w, win_step, win_lr = np.asarray(win.w), np.asarray(win.step) + steps, win.eff_lr[:-1]
+    dw = np.diff(win_w, axis=0)
+    p2 = _period_two(dw, vec[-1])
+    arrays = {
+        f"{name}_step": tr.step,
+        f"{name}_loss": tr.loss,
+        f"{name}_lr": tr.eff_lr,
+        f"{name}_fit_residual": run.fit_residual,
+        f"{name}_norm": tr.norm,
+        f"{name}_test": test,
+        f"{name}_sharp_step": np.asarray(tr.step)[si],
+        f"{name}_sharpness": lam,
+        f"{name}_lr_at_sharp": lr_s,
+        f"{name}_win_step": win_step[1:],
+        f"{name}_win_h": dw @ vec[-1],
+        f"{name}_win_lr": win_lr,
+    }
+    key = _summ(tr.step, tr.loss, test, np.asarray(tr.step)[si], lam, c)
+    i_eos = _first(prod >= c["eos_threshold"])
+    after = prod[i_eos:] if i_eos is not None else prod[:0]
+    key.update(
+        steps=steps,
+        eos_step=None if i_eos is None else int(np.asarray(tr.step)[si][i_eos]),
+        sharpness_at_eos=None if i_eos is None else as_float(lam[i_eos]),
+        sharpness_eos_to_end=None if i_eos is None else as_float(lam[-1] / lam[i_eos]),
+        lr_lambda1_median_after_eos=as_float(np.median(after)) if after.size else None,
+        lr_lambda1_share_within_10pct=(
+            as_float(np.mean(np.abs(after / 2 - 1) <= 0.1)) if after.size else None
+        ),
+        lr_lambda1_end=as_float(prod[-1]),
+        lr_fit_residual_max=as_float(np.max(np.asarray(run.fit_residual))),
+        **{f"window_{kk}": v for kk, v in p2.items()},
+    )
+    if rank_fn is not None:
+        rank = np.asarray(rank_fn(ws))
+        arrays[f"{name}_rank"] = rank
+        key.update(rank_start=as_float(rank[0]), rank_end=as_float(rank[-1]))
+        if i_eos is not None:
+            j = int(np.asarray(tr.step)[si][i_eos]) // k
+            key.update(rank_at_eos=as_float(rank[j]), test_at_eos=as_float(test[j]))
+    if k == 1:  # keep the saved arrays small: every record_every-th step
+        arrays.update({kk: v[:: int(c["record_every"])] for kk, v in arrays.items()
+                       if kk in (f"{name}_{f}" for f in ("step", "loss", "lr", "fit_residual",
+                                                          "norm", "test"))})  # fmt: skip
+    rec.update(**arrays)
+    return key
+
+
+def _summ(step, loss, test, sharp_step, lam, c) -> dict:
+    """Fit step and sharpness / test numbers at the fit and at the end."""
+    step, loss = np.asarray(step), np.asarray(loss)
+    i_fit = _first(loss <= c["fit_tol"])
+    out = {
+        "final_loss": as_float(loss[-1]),
+        "fit_step": None if i_fit is None else int(step[i_fit]),
+        "test_start": as_float(test[0]),
+        "test_end": as_float(test[-1]),
+        "sharpness_start": as_float(lam[0]),
+        "sharpness_end": as_float(lam[-1]),
+    }
+    if i_fit is not None:
+        j = _first(sharp_step >= step[i_fit])
+        out.update(
+            test_at_fit=as_float(test[i_fit]),
+            test_fit_to_end=as_float(test[-1] / test[i_fit]),
+            sharpness_at_fit=None if j is None else as_float(lam[j]),
+            sharpness_fit_to_end=None if j is None else as_float(lam[-1] / lam[j]),
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- part B
+
+
+def _sgdm(learning_rate, weight_decay, momentum):
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum))
+
+
+def _optimizers(c, prob):
+    """``{name: (optimizer, initial-state maker)}``; the no-WD variants reuse the WD optimizer
+    object with ``weight_decay = 0`` in the injected hyperparameters (no recompilation)."""
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=c["adamw_lr"], weight_decay=c["adamw_wd"]
+    )
+    mom = optax.inject_hyperparams(_sgdm, static_args=("momentum",))(
+        learning_rate=c[f"{prob}_momentum_lr"],
+        weight_decay=c[f"{prob}_momentum_wd"],
+        momentum=c["momentum"],
+    )
+
+    def no_wd(opt):
+        def init(w0):
+            s = opt.init(w0)
+            hp = dict(s.hyperparams)
+            hp["weight_decay"] = jnp.zeros_like(hp["weight_decay"])
+            return s._replace(hyperparams=hp)
+
+        return init
+
+    return {
+        "adamw": (adamw, adamw.init),
+        "adam": (adamw, no_wd(adamw)),
+        "momentum_wd": (mom, mom.init),
+        "momentum": (mom, no_wd(mom)),
+    }
+
+
+def _run_bn(prob, loss, w0, c, sharp, test_fn, rank_fn, rec, progress):
+    steps, se = int(c["steps"]), int(c["sharpness_every"])
+    # Linear regression (D = d) records every step: with record_every = 1 the driver compiles one
+    # copy of the step instead of two; the saved per-step arrays are thinned to record_every.
+    k = 1 if prob == "lin" else int(c["record_every"])
+    keys = {}
+    for opt_name, (opt, init) in _optimizers(c, prob).items():
+        run = simulate_optax(
+            loss, w0, opt, steps, opt_state=init(w0), record_every=k, on_nonfinite="return"
+        )
+        tr = run.trajectory
+        si = _sharp_idx(tr.step, se)
+        lam, _ = sharp(np.asarray(tr.w)[si])
+        ws = np.asarray(tr.w)
+        test = np.asarray(test_fn(ws))
+        p = f"{prob}_bn_{opt_name}_"
+        arrays = {p + f: getattr(tr, f) for f in _FIELDS}
+        arrays.update({
+            p + "fit_residual": run.fit_residual, p + "test": test,
+            p + "sharp_step": np.asarray(tr.step)[si], p + "sharpness": lam,
+        })  # fmt: skip
+        key = _summ(tr.step, tr.loss, test, np.asarray(tr.step)[si], lam, c)
+        eta_lam = np.asarray(tr.eff_lr)[si] * lam
+        key.update(
+            steps=steps,
+            nonfinite_step=int(tr.nonfinite_step),
+            norm_start=as_float(tr.norm[0]),
+            norm_end=as_float(tr.norm[-1]),
+            eff_lr_lambda1_median_last_half=as_float(np.median(eta_lam[len(eta_lam) // 2 :])),
+            fit_residual_median=as_float(np.median(np.asarray(run.fit_residual))),
+        )
+        if opt_name.startswith("momentum"):
+            # heavy ball is stable along v1 iff lr·λ1(∇²L(w)) < 2(1+β); λ1(∇²L(w)) = λ1(θ)/||w||²
+            hb = (
+                c[f"{prob}_momentum_lr"] * lam / np.asarray(tr.norm)[si] ** 2
+                / (2 * (1 + c["momentum"]))
+            )  # fmt: skip
+            arrays[p + "hb_ratio"] = hb
+            key["heavy_ball_ratio_median_last_half"] = as_float(np.median(hb[len(hb) // 2 :]))
+            key["heavy_ball_ratio_max"] = as_float(np.max(hb))
+        if rank_fn is not None:
+            rank = np.asarray(rank_fn(ws))
+            arrays[p + "rank"] = rank
+            key.update(rank_start=as_float(rank[0]), rank_end=as_float(rank[-1]))
+            if key.get("fit_step") is not None:
+                key["rank_at_fit"] = as_float(rank[key["fit_step"] // k])
+        if k == 1:
+            thin = int(c["record_every"])
+            arrays.update({kk: v[::thin] for kk, v in arrays.items()
+                           if kk[len(p):] in (*_FIELDS, "fit_residual", "test", "rank")})  # fmt: skip
+        rec.update(**arrays)
+        keys[opt_name] = key
+        progress()
+    return keys
+
+
+# ----------------------------------------------------------------------------- run / plot
+
+
+def run(config: dict, out: Path, progress: bool = True) -> dict:
+    """Parts A and B; save arrays and summary; return the key numbers per run."""
+    c = config
+    validate_config(c)
+    rec = RunRecorder(out, NAME, c)
+    kd, kw, km, kmw = jax.random.split(jax.random.PRNGKey(int(c["seed"])), 4)
+    lin = make_linear_regression_data(kd, n=c["n"], d=c["d"], n_test=c["n_test"])
+    d = lin.X.shape[1]
+    mc = make_matrix_completion_data(km)
+    D_mc = (mc.M.shape[0] + mc.M.shape[1]) * mc.k
+    w_lin = jax.random.normal(kw, (d,)) / np.sqrt(d)
+    w_mc = c["mc_init_scale"] * jax.random.normal(kmw, (D_mc,))
+    bar = Progress(2 + 2 * len(OPTS), NAME, enabled=progress)
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        bar.update(done[0])
+
+    key: dict = {}
+    # Part A: scalar RMSprop, no normalization.
+    lin_loss = linreg_plain_loss(lin.X, lin.y)
+    key["lin_rmsprop"] = _run_plain(
+        "lin", lin_loss, jnp.concatenate([w_lin, jnp.zeros(1)]), c["lin_eta"], c["lin_beta"], c,
+        _dense_top(lin_loss, False),
+        _batched(lambda p: jnp.mean(jnp.square(lin.X_test @ p[:d] + p[d] - lin.y_test))), None,
+        rec,
+    )  # fmt: skip
+    tick()
+    mc_loss = mc_plain_loss(mc)
+    key["mc_rmsprop"] = _run_plain(
+        "mc", mc_loss, w_mc, c["mc_eta"], c["mc_beta"], c, _lanczos_top(mc_loss, False),
+        _batched(lambda w: _mc_plain_test(mc, w)), _batched(lambda w: _mc_plain_rank(mc, w)), rec,
+    )  # fmt: skip
+    tick()
+    # Part B: the BN losses with optax optimizers.
+    lin_bn = linear_regression_bn(lin.X, lin.y)
+    key["lin_bn"] = _run_bn(
+        "lin", lin_bn, w_lin, c, _dense_top(lin_bn, True),
+        _batched(lambda w: linear_regression_bn_test_loss(lin.X, lin.y, w, lin.X_test, lin.y_test)),
+        None, rec, tick,
+    )  # fmt: skip
+    mc_bn = matrix_completion_bn(mc)
+    key["mc_bn"] = _run_bn(
+        "mc", mc_bn, w_mc, c, _lanczos_top(mc_bn, True),
+        _batched(lambda w: matrix_completion_test_mse(mc, w)),
+        _batched(lambda w: effective_rank(singular_values(mc, w))), rec, tick,
+    )  # fmt: skip
+    bar.close()
+    rec.finish(
+        key,
+        dtype=w_mc.dtype,
+        description=DESCRIPTION,
+        paper=PAPER,
+        notes=[
+            "Part A (no BN): scalar RMSprop v' = beta v + (1-beta)||g||^2, lr = eta/sqrt(v'+eps); "
+            "lr_t is the measured plain LR (exact here); sharpness = lambda1 of the plain Hessian "
+            "at w_t (dense for linear regression, Lanczos for matrix completion)",
+            "linear regression without BN is quadratic: its Hessian, hence lambda1, is constant",
+            "eos_step = first sharpness record with lr_t*lambda1 >= eos_threshold",
+            "window_*: continuation of window steps from the final state; sign_flip_share = "
+            "share of t with sign<dw_t, v1> != sign<dw_{t-1}, v1>",
+            "Part B (BN): sharpness = spherical lambda1(Hess L(theta_t)); eff_lr = measured PGD "
+            "effective LR, fit_residual its relative residual (0 for a PGD step)",
+            "adam / momentum are the adamw / momentum_wd optimizer objects with weight_decay = 0",
+        ],
+    )
+    return key
+
+
+def plot(out: Path) -> list[Path]:
+    """``rmsprop_plain.png`` (part A) and ``bn_optimizers.png`` (part B)."""
+    out = Path(out)
+    a = load_arrays(out)
+    s = load_summary(out)
+    kn = s["key_numbers"]
+    paths = []
+    fig, ax = new_figure(2, 4, (15, 6.5))
+    for row, (name, title) in enumerate((("lin", "linear regression"),
+                                         ("mc", "matrix completion")), start=0):  # fmt: skip
+        p_loss, p_prod, p_sharp, p_win = ax[row]
+        p_loss.semilogy(a[f"{name}_step"], np.maximum(a[f"{name}_loss"], 1e-35), lw=0.8,
+                        label="train loss")  # fmt: skip
+        p_loss.semilogy(a[f"{name}_step"], a[f"{name}_test"], lw=0.8, label="test MSE")
+        p_loss.set_title(f"{title} (no BN), scalar RMSprop")
+        p_loss.set_xlabel("step")
+        p_loss.legend(fontsize=8)
+        prod = a[f"{name}_lr_at_sharp"] * a[f"{name}_sharpness"]
+        p_prod.plot(a[f"{name}_sharp_step"], prod, ".-", lw=0.8)
+        p_prod.axhline(2.0, color="k", ls="--", lw=0.8, label="2")
+        eos = kn[f"{name}_rmsprop"].get("eos_step")
+        if eos is not None:
+            p_prod.axvline(eos, color="gray", ls=":", lw=1, label="EoS entry")
+        p_prod.set_title("lr_t · λ1(∇²L(w_t))")
+        p_prod.set_xlabel("step")
+        p_prod.legend(fontsize=8)
+        p_sharp.plot(a[f"{name}_sharp_step"], a[f"{name}_sharpness"], ".-", lw=0.8, label="λ1")
+        p_sharp.set_title("sharpness λ1(∇²L(w_t))")
+        p_sharp.set_xlabel("step")
+        if f"{name}_rank" in a:
+            tw = p_sharp.twinx()
+            tw.plot(a[f"{name}_step"], a[f"{name}_rank"], color="C3", lw=0.8)
+            tw.set_ylabel("effective rank of UVᵀ", color="C3")
+        p_win.bar(a[f"{name}_win_step"], a[f"{name}_win_h"], width=0.8)
+        p_win.axhline(0, color="k", lw=0.5)
+        p_win.set_title("⟨w_t − w_{t−1}, v1⟩, last steps")
+        p_win.set_xlabel("step")
+    fig.suptitle("Part A: scalar RMSprop on losses without normalization")
+    paths.append(save_figure(fig, out / "rmsprop_plain.png"))
+
+    fig, ax = new_figure(2, 4, (15, 6.5))
+    for row, (prob, title) in enumerate((("lin", "linear regression + BN"),
+                                         ("mc", "matrix completion + BN"))):  # fmt: skip
+        p_loss, p_sharp, p_test, p_eta = ax[row]
+        for opt in OPTS:
+            p = f"{prob}_bn_{opt}_"
+            if p + "step" not in a:
+                continue
+            col, lab = OPT_COLORS[opt], OPT_LABELS[opt]
+            p_loss.semilogy(a[p + "step"], np.maximum(a[p + "loss"], 1e-35), lw=0.7, color=col,
+                            label=lab)  # fmt: skip
+            p_sharp.semilogy(a[p + "sharp_step"], a[p + "sharpness"], ".-", lw=0.8, color=col)
+            p_test.semilogy(a[p + "step"], a[p + "test"], lw=0.8, color=col)
+            p_eta.plot(a[p + "step"], a[p + "eff_lr"], lw=0.5, color=col)
+        p_loss.set_title(f"{title}: train loss")
+        p_loss.legend(fontsize=7)
+        p_sharp.set_title("spherical sharpness λ1(∇²L(θ_t))")
+        p_test.set_title("test loss" + (" (MSE over all entries)" if prob == "mc" else ""))
+        p_eta.set_yscale("symlog", linthresh=1e-3)
+        p_eta.set_title("measured η̃_t (PGD fit; < 0: uphill)")
+        for p_ in ax[row]:
+            p_.set_xlabel("step")
+    fig.suptitle("Part B: optax optimizers on the BN losses (sphere geometry)")
+    paths.append(save_figure(fig, out / "bn_optimizers.png"))
+    return paths

@@ -1,0 +1,161 @@
+"""Sweep throughput (issue 6): ``eosflow.sweep`` over B configurations vs ``simulate`` once per
+configuration, in trajectory-steps per second, float64.
+
+Problems: linear regression with BN (n=50, d=500 and d=5000) and matrix completion with BN (dense
+mask). Configurations: B learning rates (a grid over lr, one wd), one shared ``w0``. Both sides
+record once per run (``record_every = steps``) so the comparison is of the computation, not of
+writing ``(B, steps, D)`` parameter records. The sequential baseline calls
+``eosflow.simulate`` once per configuration (after a warm-up call that compiles it; other lr values
+do not recompile); its throughput does not depend on B, so it is measured once on
+``seq_configs`` configurations. Throughput = B x steps / wall time of one call (median).
+"""
+
+from __future__ import annotations
+
+import _problems as P
+import numpy as np
+from _common import block, table, time_call, verdict
+
+import eosflow
+
+TARGET_LINREG = 2.5
+TARGET_MC = 1.0
+TARGET_MC_GPU = 20.0
+
+
+def _config(quick: bool) -> dict:
+    return {
+        "problems": {
+            "linreg-500": 100 if quick else 500,
+            "linreg-5000": 30 if quick else 200,
+            "mc": 30 if quick else 200,
+        },
+        "B": [1, 8, 64] if quick else [1, 8, 64, 256],
+        "repeats": 2 if quick else 3,
+        "seq_configs": 4 if quick else 8,
+    }
+
+
+def _lrs(p, B):
+    return np.linspace(0.5, 1.5, B) * p.lr if B > 1 else np.array([p.lr])
+
+
+def _sweep_fn():
+    """``eosflow.sweep.sweep`` (issue 6), or None where this checkout does not have it yet."""
+    import importlib
+
+    try:
+        return importlib.import_module("eosflow.sweep").sweep
+    except (ImportError, AttributeError):
+        return None
+
+
+def run(quick: bool, peaks: dict, log) -> tuple[str, dict]:
+    import jax
+
+    sweep = _sweep_fn()
+    if sweep is None:
+        log("  eosflow.sweep is not available in this checkout: section skipped")
+        return (
+            "**TODO**: `eosflow.sweep` (issue 6) is not available in this checkout; the sweep "
+            "benchmark was skipped."
+        ), {"skipped": "eosflow.sweep not available"}
+    cfg = _config(quick)
+    rows = []
+    for name, S in cfg["problems"].items():
+        p = P.build(name, "float64")
+        # Sequential simulate: warm up (compile) once, then time a pass over seq_configs lrs.
+        n = cfg["seq_configs"]
+        lrs = _lrs(p, n)
+
+        def seq(p=p, lrs=lrs, S=S):
+            out = None
+            for lr in lrs:
+                out = block(
+                    eosflow.simulate(p.loss, p.w0, float(lr), p.wd, steps=S, record_every=S)
+                )
+            return out
+
+        t = time_call(seq, repeats=cfg["repeats"])
+        seq_tps = n * S / t.median_s
+        row = {
+            "problem": name,
+            "label": p.label,
+            "D": int(p.w0.size),
+            "steps": S,
+            "sequential": t.as_dict() | {"configs": n, "traj_steps_per_s": seq_tps},
+            "sweep": {},
+        }
+        log(
+            f"  {name:11s} sequential simulate: {seq_tps:,.0f} traj-steps/s "
+            f"({t.median_s / (n * S) * 1e6:.1f} us per trajectory-step)"
+        )
+        for B in cfg["B"]:
+            lrsB = _lrs(p, B)
+
+            def sw(lrsB=lrsB, p=p, S=S):
+                return sweep(p.loss, p.w0, lrsB, [p.wd], steps=S, record_every=S, progress=False)
+
+            ts = time_call(sw, repeats=cfg["repeats"])
+            tps = B * S / ts.median_s
+            row["sweep"][B] = ts.as_dict() | {
+                "traj_steps_per_s": tps,
+                "vs_sequential": tps / seq_tps,
+            }
+            log(
+                f"  {name:11s} sweep B={B:4d}: {tps:,.0f} traj-steps/s ({tps / seq_tps:.2f}x "
+                f"sequential), compile {ts.compile_s:.1f} s"
+            )
+        rows.append(row)
+    return _markdown(rows, cfg, jax.default_backend()), {"config": cfg, "rows": rows}
+
+
+def _markdown(rows, cfg, platform) -> str:
+    Bs = cfg["B"]
+    out = [
+        "**Sweep throughput** (trajectory-steps per second; in parentheses: speed-up over "
+        "sequential `simulate` calls measured in the same run). Targets (issue 6): at B=64, "
+        f">= {TARGET_LINREG:g}x on linear regression (both sizes) and >= {TARGET_MC:g}x (not "
+        f"slower) on matrix completion on a 2-core CPU; >= {TARGET_MC_GPU:g}x on matrix "
+        "completion on a GPU.",
+        "",
+    ]
+    body = []
+    for r in rows:
+        seq = r["sequential"]
+        cells = [
+            r["problem"],
+            r["D"],
+            r["steps"],
+            f"{seq['traj_steps_per_s']:,.0f} ({1e6 / seq['traj_steps_per_s']:.1f} µs)",
+        ]
+        for B in Bs:
+            s = r["sweep"].get(B)
+            cells.append(f"{s['traj_steps_per_s']:,.0f} ({s['vs_sequential']:.2f}x)" if s else "—")
+        s64 = r["sweep"].get(64)
+        if r["problem"] == "mc":
+            target = TARGET_MC_GPU if platform == "gpu" else TARGET_MC
+        else:
+            target = TARGET_LINREG
+        ok = s64["vs_sequential"] >= target if s64 else None
+        cells += [f">= {target:g}x", verdict(ok)]
+        body.append(cells)
+    out.append(
+        table(
+            ["problem", "D", "steps", "sequential simulate (µs per traj-step)"]
+            + [f"sweep B={B}" for B in Bs]
+            + ["target at B=64", "pass"],
+            body,
+        )
+    )
+    out.append("")
+    out.append(
+        "Compile time of `sweep` (first call − steady call, s): "
+        + "; ".join(
+            f"{r['problem']}: "
+            + ", ".join(f"B={B} {r['sweep'][B]['compile_s']:.1f}" for B in Bs if B in r["sweep"])
+            for r in rows
+        )
+        + "."
+    )
+    return "\n".join(out)

@@ -1,0 +1,125 @@
+"""eosflow benchmarks: one command, every measurement and its baselines in the same run.
+
+    python benchmarks/run.py [--quick] [--only core|flow|sweep|sharpness[,...]]
+                             [--out docs/benchmarks.md] [--json benchmarks/results.json]
+
+Sections: ``core`` (issue 2: simulate vs per-step loop, value_and_grad, FLOP floor, PyTorch;
+dense vs gathered matrix completion; no recompilation), ``sharpness`` (Lanczos vs power
+iteration HVPs to 1e-8; sharpness cost vs one gradient), ``flow`` (issue 3: generic vs residual
+path, fixed RK4 vs adaptive DOPRI5), ``sweep`` (issue 6: ``eosflow.sweep`` vs sequential
+``simulate``). JAX picks the device (CPU or GPU, reported); float64 is turned on for the whole run
+(float32 rows use float32 arrays). Each section's tables replace only that section's generated
+block (keyed by section and platform) in ``--out``, so the hand-written text in
+``docs/benchmarks.md`` and results from other devices are kept. Needs no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+try:
+    import eosflow  # noqa: F401
+except ImportError:  # not installed (e.g. a bare GPU machine): use the checkout's sources
+    sys.path.insert(0, str(HERE.parent / "src"))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import _common as C  # noqa: E402
+
+SECTIONS = ("core", "sharpness", "flow", "sweep")
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f"bench_{name}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps/repeats (checks it works)")
+    ap.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, from {', '.join(SECTIONS)} (default: all)",
+    )
+    ap.add_argument("--out", default=str(C.ROOT / "docs" / "benchmarks.md"), help="markdown file")
+    ap.add_argument("--json", default=str(HERE / "results.json"), help="JSON results file")
+    args = ap.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in only if s not in SECTIONS]
+    if bad:
+        ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+
+    env = C.environment()
+    load0 = C.load()
+    C.print_environment(env, load0, "start")
+    t_all = time.perf_counter()
+    print("measuring peak matmul FLOP/s and bandwidth ...", flush=True)
+    peaks = C.measure_peaks(args.quick)
+    print(
+        f"  matmul {peaks['matmul_gflops']['float64']:.1f} GFLOP/s (f64), "
+        f"{peaks['matmul_gflops']['float32']:.1f} GFLOP/s (f32); "
+        f"bandwidth {peaks['bandwidth_gbs']:.1f} GB/s",
+        flush=True,
+    )
+
+    plat = env["platform"]
+    failed = []
+    for sec in SECTIONS:
+        if sec not in only:
+            continue
+        print(f"\n=== {sec} ===", flush=True)
+        l_start = C.load()
+        t0 = time.perf_counter()
+        try:
+            md, res = _module(sec).run(
+                args.quick,
+                peaks,
+                lambda s, t0=t0: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", flush=True),
+            )
+        except Exception as e:  # noqa: BLE001 - report, keep going with the other sections
+            traceback.print_exc()
+            failed.append(sec)
+            md = f"**Section failed**: `{type(e).__name__}: {e}`"
+            res = {"error": f"{type(e).__name__}: {e}"}
+        wall = time.perf_counter() - t0
+        l_end = C.load()
+        key = f"{sec}@{plat}"
+        header = C.run_header(env, l_start, l_end, args.quick, wall)
+        block = f"### Results: {sec} on {plat}\n\n{header}\n\n{md}"
+        C.write_markdown(Path(args.out), {key: block})
+        C.write_json(
+            Path(args.json),
+            {
+                key: {
+                    "env": env,
+                    "load_start": l_start,
+                    "load_end": l_end,
+                    "quick": args.quick,
+                    "wall_s": wall,
+                    "results": res,
+                }
+            },
+        )
+        print(f"--- {sec}: {wall:.0f} s, load {l_start} -> {l_end}; wrote {args.out}", flush=True)
+
+    load1 = C.load()
+    C.print_environment(env, load1, "end")
+    print(f"total {time.perf_counter() - t_all:.0f} s; results in {args.out} and {args.json}")
+    if failed:
+        print(f"FAILED sections: {failed}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -352,10 +352,9 @@ def test_theorem_4_4_edge_of_stability():
 # --------------------------------------------------------------------------------------------
 
 
-def _nan_loss():
-    # finite while θ_0 > −0.3; GD drives θ_0 toward −1, and sqrt of a negative number is NaN
-    # (0·NaN = NaN in the value and the gradient).
-    return scale_invariant(lambda th: th[0] + 0.0 * jnp.sqrt(th[0] + 0.3))
+# Finite while θ_0 > −0.3; GD drives θ_0 toward −1, and sqrt of a negative number is NaN
+# (0·NaN = NaN in the value and the gradient). One object, so both tests share one compilation.
+NAN_LOSS = scale_invariant(lambda th: th[0] + 0.0 * jnp.sqrt(th[0] + 0.3))
 
 
 NAN_W0 = np.array([0.5, 0.3, 0.8])
@@ -379,7 +378,7 @@ def test_nonfinite_raises_with_step_and_truncated_trajectory():
     t_bad, ws = _nan_reference()
     assert 3 <= t_bad < 100
     with pytest.raises(NonFiniteError, match=f"step {t_bad}") as info:
-        eosflow.simulate(_nan_loss(), jnp.asarray(NAN_W0), LR, WD, steps=200)
+        eosflow.simulate(NAN_LOSS, jnp.asarray(NAN_W0), LR, WD, steps=200)
     err = info.value
     assert err.step == t_bad
     tr = err.trajectory
@@ -390,9 +389,7 @@ def test_nonfinite_raises_with_step_and_truncated_trajectory():
 
 def test_nonfinite_return_mode():
     t_bad, ws = _nan_reference()
-    tr = eosflow.simulate(
-        _nan_loss(), jnp.asarray(NAN_W0), LR, WD, steps=200, on_nonfinite="return"
-    )
+    tr = eosflow.simulate(NAN_LOSS, jnp.asarray(NAN_W0), LR, WD, steps=200, on_nonfinite="return")
     assert int(tr.nonfinite_step) == t_bad
     assert tr.w.shape == (t_bad + 1, 3) and tr.loss.shape == (t_bad + 1,)
     np.testing.assert_allclose(np.asarray(tr.w), ws, rtol=0, atol=1e-13)

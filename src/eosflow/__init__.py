@@ -9,7 +9,7 @@ analysis of Theorem 4.7.
 Turn on float64 for theory checks: ``eosflow.enable_x64()`` (see :mod:`eosflow.precision`).
 """
 
-from eosflow import analysis, flow, losses, manifold, ode
+from eosflow import analysis, flow, losses, manifold, ode, optim, schedulers
 from eosflow.analysis import (
     OscillationResult,
     TrackingResult,
@@ -40,7 +40,22 @@ from eosflow.manifold import (
     project_tangent,
     project_to_manifold,
 )
+from eosflow.optim import (
+    OptimRun,
+    measured_eff_lr,
+    scalar_rmsprop,
+    simulate_optax,
+    simulate_rmsprop,
+)
 from eosflow.precision import enable_x64, x64_enabled
+from eosflow.schedulers import (
+    EffLRScheduler,
+    GDWDHparams,
+    RMSpropHparams,
+    gd_wd_scheduler,
+    quasi_rmsprop_check,
+    scalar_rmsprop_scheduler,
+)
 from eosflow.sharpness import (
     EigResult,
     Sharpness,
@@ -155,6 +170,19 @@ __all__ = [
     "gd_wd_eff_lr_update",
     "norm_from_eff_lr",
     "sphere_step",
+    "optim",
+    "schedulers",
+    "OptimRun",
+    "measured_eff_lr",
+    "scalar_rmsprop",
+    "simulate_optax",
+    "simulate_rmsprop",
+    "EffLRScheduler",
+    "GDWDHparams",
+    "RMSpropHparams",
+    "gd_wd_scheduler",
+    "quasi_rmsprop_check",
+    "scalar_rmsprop_scheduler",
     "SweepConfig",
     "load_sweep",
     "sweep",

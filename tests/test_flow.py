@@ -8,7 +8,12 @@ import pytest
 import eosflow
 from eosflow import flow as F
 from eosflow import manifold as M
-from eosflow.losses import min_norm_solution, relative_distance_to_min_norm, toy3d_curve
+from eosflow.losses import (
+    TOY3D_ROTATION,
+    min_norm_solution,
+    relative_distance_to_min_norm,
+    toy3d_curve,
+)
 
 C = 2.0
 
@@ -128,16 +133,18 @@ def test_degenerate_top_eigenvalue_warns():
 def test_nonfinite_state_raises_naming_tau():
     base = eosflow.toy3d(C)
 
-    def loss(w):  # NaN (with NaN derivatives) once θ_2 > 0.9, which the flow from φ=0.3 crosses
+    e2 = jnp.asarray(TOY3D_ROTATION[1])  # in-plane coordinate: <e2, θ> = sin φ on Γ
+
+    def loss(w):  # NaN (with NaN derivatives) once sin φ > 0.9, which the flow from φ=0.3 crosses
         th = w / jnp.linalg.norm(w)
-        return base(w) * jnp.where(th[1] > 0.9, jnp.nan, 1.0)
+        return base(w) * jnp.where(th @ e2 > 0.9, jnp.nan, 1.0)
 
     with pytest.raises(F.FlowError, match="τ =") as err:
         F.sharpness_reduction_flow(
             loss, toy3d_curve(0.3), 10.0, method="rk4", dt=0.05, num_saves=101
         )
     tau = err.value.tau
-    # θ_2 = sin φ reaches 0.9 at φ = arcsin 0.9 ≈ 1.12; the reference says when.
+    # sin φ reaches 0.9 at φ = arcsin 0.9 ≈ 1.12; the reference says when.
     taus = np.linspace(0, 10, 2001)
     t_cross = taus[np.argmax(np.sin(_phi_reference(0.3, taus)) > 0.9)]
     assert abs(tau - t_cross) <= 0.1

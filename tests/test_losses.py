@@ -138,8 +138,10 @@ def _quantities(name):
             "L": loss(w),
             "g": ravel_pytree(jax.grad(loss)(w))[0],
             "Hw": ravel_pytree(hvp(loss, w, w))[0],  # hvp accepts pytrees
-            "Lc": jnp.stack([loss(_scale(w, c)) for c in SCALES]),
-            "gc": jnp.stack([ravel_pytree(jax.grad(loss)(_scale(w, c)))[0] for c in SCALES]),
+            "Lc": jax.vmap(lambda c: loss(_scale(w, c)))(jnp.asarray(SCALES)),
+            "gc": jax.vmap(lambda c: ravel_pytree(jax.grad(loss)(_scale(w, c)))[0])(
+                jnp.asarray(SCALES)
+            ),
         }
         if dense_ok:
             out["H"] = dense_hessian(loss, w)

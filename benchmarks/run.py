@@ -2,6 +2,7 @@
 
     python benchmarks/run.py [--quick] [--only core|flow|sweep|sharpness[,...]]
                              [--out docs/benchmarks.md] [--json benchmarks/results.json]
+                             [--cpu-devices N]
 
 Sections: ``core`` (issue 2: simulate vs per-step loop, value_and_grad, FLOP floor, PyTorch;
 dense vs gathered matrix completion; no recompilation), ``sharpness`` (Lanczos vs power
@@ -11,11 +12,18 @@ path, fixed RK4 vs adaptive DOPRI5), ``sweep`` (issue 6: ``eosflow.sweep`` vs se
 (float32 rows use float32 arrays). Each section's tables replace only that section's generated
 block (keyed by section and platform) in ``--out``, so the hand-written text in
 ``docs/benchmarks.md`` and results from other devices are kept. Needs no network.
+
+On a multi-core CPU the ``sweep`` section runs twice: on one CPU device (JAX's default), then,
+in a subprocess, with one CPU device per core (``eosflow.use_cpu_devices()``, which must be set
+before JAX starts), so that ``sweep`` shards its configurations over the cores. The two blocks
+are keyed ``sweep@cpu`` and ``sweep@cpu-Ndev``; each compares against sequential ``simulate``
+measured in its own process. ``--cpu-devices N`` runs the chosen sections with N CPU devices.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 import traceback
@@ -53,7 +61,18 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", default=str(C.ROOT / "docs" / "benchmarks.md"), help="markdown file")
     ap.add_argument("--json", default=str(HERE / "results.json"), help="JSON results file")
+    ap.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="expose N CPU devices (eosflow.use_cpu_devices) for this run; default: JAX's one, "
+        "plus a second sweep run with one device per core on a multi-core CPU",
+    )
     args = ap.parse_args(argv)
+    if args.cpu_devices is not None:
+        import eosflow
+
+        eosflow.use_cpu_devices(args.cpu_devices)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
     if bad:
@@ -73,6 +92,9 @@ def main(argv=None) -> int:
     )
 
     plat = env["platform"]
+    n_cpu_dev = len(jax.devices("cpu"))
+    if plat == "cpu" and n_cpu_dev > 1:
+        plat = f"cpu-{n_cpu_dev}dev"
     failed = []
     for sec in SECTIONS:
         if sec not in only:
@@ -111,6 +133,13 @@ def main(argv=None) -> int:
             },
         )
         print(f"--- {sec}: {wall:.0f} s, load {l_start} -> {l_end}; wrote {args.out}", flush=True)
+        cores = C.ncpu()
+        if sec == "sweep" and args.cpu_devices is None and plat == "cpu" and cores > 1:
+            print(f"\n=== sweep again with {cores} CPU devices (subprocess) ===", flush=True)
+            cmd = [sys.executable, __file__, "--only", "sweep", "--cpu-devices", str(cores)]
+            cmd += ["--out", args.out, "--json", args.json] + (["--quick"] if args.quick else [])
+            if subprocess.run(cmd, check=False).returncode:
+                failed.append(f"sweep@cpu-{cores}dev")
 
     load1 = C.load()
     C.print_environment(env, load1, "end")

@@ -139,7 +139,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     sol = sharpness_reduction_flow(loss, zeta0, tau_end, method="dopri5", rtol=1e-8,
                                    num_saves=201)  # fmt: skip
     flow_rd, flow_tl = _dist_and_test(data, np.asarray(sol.zeta))
-    sub = traj._replace(**{f: getattr(traj, f)[::k] for f in ("step", "theta")})
+    sub = traj._replace(**{f: getattr(traj, f)[::k] for f in ("step", "w", "norm")})
     tk = tracking(loss, sub, sol, t_eos, with_phi=True)
     # Where GD is *on Γ*: θ_t oscillates across Γ with amplitude O(sqrt(η_in)), which bounds
     # the distance of θ_t itself to (M) from below; Φ(θ_t) removes the oscillation.

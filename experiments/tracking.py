@@ -87,7 +87,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         every = max(1, steps // 500)  # ~500 projections per run for ||Φ(θ_t) − ζ||
         traj = run_chunked(loss, w0, 1.0, eta, steps, progress=progress, label=f"η_in={eta:g}")
         tk_all = tracking(loss, traj, sol, 0, with_phi=False)
-        sub = traj._replace(step=traj.step[::every], theta=traj.theta[::every])
+        sub = traj._replace(**{f: getattr(traj, f)[::every] for f in ("step", "w", "norm")})
         tk = tracking(loss, sub, sol, 0, with_phi=True)
         max_theta.append(tk_all.dist_theta.max())
         max_phi.append(tk.dist_phi.max())

@@ -257,6 +257,20 @@ def test_pytree_w0():
     )
 
 
+def test_theta_is_derived_cached_and_not_a_pytree_leaf():
+    import pickle
+
+    traj = eosflow.simulate(eosflow.toy3d(), jnp.asarray(TOY_W0), 0.1, 0.01, steps=40)
+    w, norm = np.asarray(traj.w), np.asarray(traj.norm)
+    # independent: NumPy's norm of the recorded w (the scan records ||w_t|| separately)
+    np.testing.assert_allclose(traj.theta, w / np.linalg.norm(w, axis=1, keepdims=True), rtol=1e-15)
+    np.testing.assert_allclose(norm, np.linalg.norm(w, axis=1), rtol=1e-15)
+    assert traj.theta is traj.theta  # computed once
+    assert "theta" not in traj._fields and len(jax.tree_util.tree_leaves(traj)) == len(traj)
+    back = pickle.loads(pickle.dumps(jax.tree_util.tree_map(np.asarray, traj)))
+    assert isinstance(back, eosflow.Trajectory) and np.array_equal(back.theta, traj.theta)
+
+
 def test_new_lr_wd_do_not_recompile():
     w0 = jnp.asarray(TOY_W0)
     traced = []

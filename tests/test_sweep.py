@@ -191,8 +191,9 @@ SHARDED = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    jax.config.update("jax_enable_x64", True)
     import eosflow
+    assert eosflow.use_cpu_devices(4) == 4  # the public switch (jax_num_cpu_devices)
+    eosflow.enable_x64()
     import eosflow.sweep
     S = sys.modules["eosflow.sweep"]  # the module, even if eosflow re-exports the function
     assert jax.device_count() == 4, jax.devices()
@@ -217,12 +218,35 @@ SHARDED = textwrap.dedent(
 )
 
 
+def test_use_cpu_devices_refuses_after_jax_started_and_bad_n():
+    jnp.zeros(1).block_until_ready()  # JAX has started in this process (one CPU device)
+    have = len(jax.devices("cpu"))
+    assert eosflow.use_cpu_devices(have) == have  # asking for what is there is fine
+    with pytest.raises(RuntimeError, match="right after `import eosflow`"):
+        eosflow.use_cpu_devices(have + 1)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n must be an integer >= 1"):
+            eosflow.use_cpu_devices(bad)
+
+
+def test_repeated_sweep_reuses_every_compiled_program():
+    """A second sweep with the same loss and shapes compiles nothing (no per-call fixed cost)."""
+    import eosflow.losses.base as B
+
+    S = sys.modules["eosflow.sweep"]  # the module (eosflow.sweep is also the function)
+    fns = (S._sweep_chunk, S._batched_values, S._initial_carries, B._scaled_values)
+    sweep(LOSS, W0, LRS, WDS, 20, progress=False)
+    before = [f._cache_size() for f in fns]
+    sweep(LOSS, W0 * 2.0, [0.3, 0.4], WDS, 20, progress=False)
+    assert [f._cache_size() for f in fns] == before
+
+
 def test_sharded_over_four_devices_equals_unsharded(grid, tmp_path):
     ref = tmp_path / "unsharded.npz"
     np.savez(
         ref, **{k: np.asarray(getattr(grid, k)) for k in (*FIELDS, "w_final", "nonfinite_step")}
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ)
     env.pop("JAX_PLATFORMS", None)
     proc = subprocess.run(
         [sys.executable, "-c", SHARDED, str(ref)], env=env, capture_output=True, text=True, timeout=300,

@@ -17,6 +17,7 @@ from eosflow.analysis import (
     oscillation,
     tracking,
 )
+from eosflow.devices import cpu_cores, use_cpu_devices
 from eosflow.eos import eos_onset, fit_step
 from eosflow.flow import FlowError, FlowSolution, flow_vector_field, sharpness_reduction_flow
 from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
@@ -112,6 +113,7 @@ def __getattr__(name):
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
+
 __all__ = [
     "analysis",
     "flow",
@@ -149,6 +151,8 @@ __all__ = [
     "matrix_completion_bn",
     "scale_invariant",
     "toy3d",
+    "use_cpu_devices",
+    "cpu_cores",
     "enable_x64",
     "x64_enabled",
     "EigResult",

@@ -3,7 +3,8 @@
 ``eosflow list`` shows the experiments; ``eosflow run NAME`` runs one, with a progress bar on
 stderr, and writes to its output folder (default ``runs/NAME``, ``runs/NAME-quick`` with
 ``--quick``): ``arrays.npz``, ``summary.json`` and PNG figures. Every run is in float64
-(:func:`eosflow.enable_x64` is called first) and deterministic: the same seed and settings give the
+(:func:`eosflow.enable_x64` is called first, and :func:`eosflow.use_cpu_devices` so that sweeps
+use every core) and deterministic: the same seed and settings give the
 same numbers.
 
 Bad arguments (unknown experiment, ``lr <= 0``, ``lr·wd >= 1``, ``steps < 1``, an output folder
@@ -289,6 +290,10 @@ def _cmd_run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``eosflow`` command. Returns the exit status."""
+    try:  # sweeps (phase-diagram) shard over the CPU cores; a no-op once JAX has started
+        eosflow.use_cpu_devices()
+    except RuntimeError:
+        pass
     eosflow.enable_x64()
     parser = build_parser()
     try:

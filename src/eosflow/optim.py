@@ -39,7 +39,7 @@ model is plain GD ``w_{t+1} = w_t − η_t ∇L(w_t)``; the fit of ``Δw = w_{t+
 :func:`scalar_rmsprop` this recovers its learning rate ``η/√(v_{t+1}+ε)`` to round-off. The
 trajectory's ``loss``, ``grad_norm`` and ``sharpness`` are then ``L(w_t)``, ``||∇L(w_t)||`` and
 the plain top Hessian eigenvalue ``λ1(∇²L(w_t))`` (warm-started Lanczos on the recorded ``w_t``,
-after the scan); ``theta = w_t/||w_t||`` is recorded but has no meaning there.
+after the scan); ``theta = w_t/||w_t||`` is derived as usual but has no meaning there.
 
 Compilation: the loss and ``optimizer.update`` are static (keyed by identity, like the loss in
 :func:`eosflow.simulate`); the initial optimizer state is traced. A new optimizer *object*
@@ -64,7 +64,7 @@ from jax.flatten_util import ravel_pytree
 
 from eosflow.params import flatten_loss
 from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
-from eosflow.simulate import Trajectory, _finish, _is_tracer, _run, _validate_run
+from eosflow.simulate import Trajectory, _finish, _is_tracer, _run, _trajectory, _validate_run
 
 Array = jax.Array
 
@@ -293,7 +293,7 @@ def _optax_compiled(
     step_fn = partial(_optax_step, update_fn, unravel, ravel, geometry)
     to_w = lambda s, _lr, _wd: s.w
     sphere = geometry == "sphere"
-    carry, t, w, theta, info, lam = _run(
+    carry, t, w, info, lam = _run(
         f,
         step_fn,
         OptimState(flat, opt_state0),
@@ -314,10 +314,7 @@ def _optax_compiled(
             lam_s, vec = plain_top_eigs(f, w[::m], lanczos_iter=lanczos_iter)
             lam = lam.at[::m].set(lam_s)
     nan = jnp.full((), jnp.nan, w.dtype)
-    traj = Trajectory(
-        t, w, theta, info.norm, info.eff_lr, info.loss, info.grad_norm, lam,
-        unravel(carry.state.w), nan, nan, carry.bad,
-    )  # fmt: skip
+    traj = _trajectory(t, w, info, lam, unravel(carry.state.w), nan, nan, carry.bad)
     return OptimRun(traj, info.fit_residual, vec, carry.state.opt_state)
 
 

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from eosflow.simulate import NonFiniteError, Trajectory, simulate
+from eosflow.simulate import PER_RECORD, NonFiniteError, Trajectory, simulate
 
 __all__ = [
     "Progress",
@@ -57,7 +57,7 @@ __all__ = [
 #: File names inside a run folder.
 ARRAYS, PARTIAL, SUMMARY = "arrays.npz", "arrays.partial.npz", "summary.json"
 
-_PER_RECORD = ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+_PER_RECORD = PER_RECORD
 
 
 # ----------------------------------------------------------------------------- progress
@@ -307,8 +307,8 @@ def trajectory_arrays(
 ) -> dict[str, np.ndarray]:
     """The arrays of a trajectory as ``{prefix + field: ndarray}``, ready for :func:`save_npz`.
 
-    Per-record fields (``step, w, theta, norm, eff_lr, loss, grad_norm, sharpness``, or
-    ``fields``) plus ``w_final`` (flattened), ``lr``, ``wd`` and ``nonfinite_step``.
+    Per-record fields (``step, w, norm, eff_lr, loss, grad_norm, sharpness``, or ``fields``,
+    which may name the derived ``theta``) plus ``w_final`` (flattened), ``lr``, ``wd`` and ``nonfinite_step``.
     """
     fields = _PER_RECORD if fields is None else fields
     out = {prefix + k: np.asarray(getattr(traj, k)) for k in fields}

@@ -57,7 +57,13 @@ import numpy as np
 
 from eosflow.gd import StepInfo, effective_lr
 from eosflow.params import flatten_loss
-from eosflow.simulate import Trajectory, _finish, _run, _validate_run, validate_hyperparams
+from eosflow.simulate import (
+    _finish,
+    _run,
+    _trajectory,
+    _validate_run,
+    validate_hyperparams,
+)
 from eosflow.sphere import gd_wd_eff_lr_update, norm_from_eff_lr
 
 Array = jax.Array
@@ -185,7 +191,7 @@ def _scheduled_compiled(
     )
     step_fn = lambda f, s, hp, _: scheduled_sphere_step(scheduler, f, s, hp)
     to_w = lambda s, hp, _: s.theta * _norm(scheduler, s.sched, hp, s.theta.dtype)
-    carry, t, w, theta, info, lam = _run(
+    carry, t, w, info, lam = _run(
         f,
         step_fn,
         state0,
@@ -198,10 +204,7 @@ def _scheduled_compiled(
         lanczos_iter=lanczos_iter,
     )
     w_final = unravel(to_w(carry.state, hparams, None))
-    return Trajectory(
-        t, w, theta, info.norm, info.eff_lr, info.loss, info.grad_norm, lam, w_final, lr, wd,
-        carry.bad,
-    )  # fmt: skip
+    return _trajectory(t, w, info, lam, w_final, lr, wd, carry.bad)
 
 
 def _simulate_scheduled(

@@ -14,6 +14,7 @@ round-off). JAX defaults to float32; turn float64 on with :func:`eosflow.enable_
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from functools import partial
@@ -35,29 +36,9 @@ Array = jax.Array
 __all__ = ["Trajectory", "NonFiniteError", "simulate", "simulate_sphere", "validate_hyperparams"]
 
 
-class Trajectory(NamedTuple):
-    """A recorded GD+WD run. Per-record fields have leading axis ``T = ceil(steps/record_every)``
-    and hold values at ``w_t`` for the recorded steps ``t`` (before the update of step ``t``).
-
-    Attributes:
-      step: ``(T,)`` int step numbers ``t``.
-      w: ``(T, D)`` flat parameters ``w_t`` (``ravel_pytree`` order for pytree ``w0``).
-      theta: ``(T, D)`` directions ``θ_t = w_t/||w_t||``.
-      norm: ``(T,)`` ``||w_t||``.
-      eff_lr: ``(T,)`` effective learning rate ``η̃_t = lr/((1−lr·wd)||w_t||²)`` (Lemma 3.1).
-      loss: ``(T,)`` ``L(θ_t)``.
-      grad_norm: ``(T,)`` ``||∇L(θ_t)||``.
-      sharpness: ``(T,)`` spherical sharpness ``λ1(∇²L(θ_t))`` at steps divisible by
-        ``sharpness_every``, NaN elsewhere (all NaN when ``sharpness_every = 0``).
-      w_final: the iterate after the last step, with the structure of ``w0``.
-      lr, wd: the hyperparameters (scalars).
-      nonfinite_step: ``-1``, or the first step ``t`` whose update produced a non-finite value
-        (records stop at ``t``; see ``on_nonfinite``).
-    """
-
+class _TrajectoryFields(NamedTuple):
     step: Array
     w: Array
-    theta: Array
     norm: Array
     eff_lr: Array
     loss: Array
@@ -68,10 +49,58 @@ class Trajectory(NamedTuple):
     wd: Array
     nonfinite_step: Array
 
+
+class Trajectory(_TrajectoryFields):
+    """A recorded GD+WD run. Per-record fields have leading axis ``T = ceil(steps/record_every)``
+    and hold values at ``w_t`` for the recorded steps ``t`` (before the update of step ``t``).
+    A :func:`eosflow.sweep` result has one more leading axis, the configuration.
+
+    Attributes:
+      step: ``(T,)`` int step numbers ``t``.
+      w: ``(T, D)`` flat parameters ``w_t`` (``ravel_pytree`` order for pytree ``w0``).
+      theta: ``(T, D)`` directions ``θ_t = w_t/||w_t||`` — a property, computed from ``w`` and
+        ``norm`` on first access and cached (not stored by the scan: a second ``(T, D)`` buffer
+        would double the cost of the records).
+      norm: ``(T,)`` ``||w_t||``.
+      eff_lr: ``(T,)`` effective learning rate ``η̃_t = lr/((1−lr·wd)||w_t||²)`` (Lemma 3.1).
+      loss: ``(T,)`` ``L(θ_t)``.
+      grad_norm: ``(T,)`` ``||∇L(θ_t)||``.
+      sharpness: ``(T,)`` spherical sharpness ``λ1(∇²L(θ_t))`` at steps divisible by
+        ``sharpness_every``, NaN elsewhere (all NaN when ``sharpness_every = 0``).
+      w_final: the iterate after the last step, with the structure of ``w0``.
+      lr, wd: the hyperparameters (scalars).
+      nonfinite_step: ``-1``, or the first step ``t`` whose update produced a non-finite value
+        (records stop at ``t``; see ``on_nonfinite``).
+
+    It is a ``NamedTuple`` (a pytree: ``jax.tree_util``, ``jit``, ``vmap`` see the fields above
+    except ``theta``).
+    """
+
+    @functools.cached_property
+    def theta(self) -> Array:
+        """``θ_t = w_t/||w_t||``, shape of ``w``; computed once from ``w`` and ``norm``."""
+        # w·(1/||w||): the same operations in NumPy and XLA (XLA turns a division by a
+        # broadcast scalar into this product), so saved and in-memory runs agree bit for bit.
+        return self.w * (1 / self.norm)[..., None]
+
+    def __getstate__(self):  # pickle the fields only, not the cached theta
+        return None
+
     @property
     def intrinsic_lr(self) -> Array:
         """``η_in = lr·wd``: flow time per step in Theorem 4.7."""
         return self.lr * self.wd
+
+
+#: Per-record fields of a :class:`Trajectory` (``theta`` is derived from ``w`` and ``norm``).
+PER_RECORD = ("step", "w", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+
+
+def _trajectory(t, w, info, lam, w_final, lr, wd, bad) -> Trajectory:
+    """A :class:`Trajectory` from the driver's stacked records (see :func:`_run`)."""
+    return Trajectory(
+        t, w, info.norm, info.eff_lr, info.loss, info.grad_norm, lam, w_final, lr, wd, bad
+    )
 
 
 class NonFiniteError(FloatingPointError):
@@ -174,7 +203,7 @@ def _run_records(
     ``lax.scan`` over records, an inner loop of ``record_every`` steps.
 
     ``steps`` is the run's total (the last record's inner loop stops there); it may be traced.
-    Returns ``(carry, (t, w, theta, info, lam))`` with per-record outputs stacked. Resuming from
+    Returns ``(carry, (t, w, info, lam))`` with per-record outputs stacked. Resuming from
     the returned carry continues the run exactly (same state, step count, warm start, ``bad``),
     which is what :func:`eosflow.sweep` uses for chunks. Written for one configuration;
     :func:`eosflow.sweep` ``vmap``s it (``t`` stays unbatched, so the sharpness ``cond`` keeps a
@@ -211,10 +240,38 @@ def _run_records(
         n_inner = jnp.minimum(record_every, steps - t_rec)
         if record_every > 1:
             carry = lax.fori_loop(1, n_inner, lambda _, c: guarded(c)[0], carry)
-        rec = (t_rec, w, theta, info, lam)
-        return carry, rec
+        return carry, (w, pack((info, lam)))
 
-    return lax.scan(record, carry0, None, length=n_rec)
+    pack, unpack = _packer()
+    carry, (w, packed) = lax.scan(record, carry0, None, length=n_rec)
+    info, lam = unpack(packed)
+    t = carry0.t + record_every * jnp.arange(n_rec, dtype=jnp.asarray(carry0.t).dtype)
+    return carry, (t, w, info, lam)
+
+
+def _packer():
+    """``(pack, unpack)``: ``pack`` stacks a pytree of same-dtype scalars into one vector (so a
+    scan writes one small record per step instead of one per field: fewer ops per step) and
+    remembers its structure; ``unpack`` rebuilds the tree from the stacked records. Anything
+    else (mixed dtypes, non-scalars) passes through unchanged."""
+    box = {}
+
+    def pack(tree):
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if len({jnp.result_type(x) for x in leaves}) != 1 or any(jnp.shape(x) for x in leaves):
+            box["treedef"] = None
+            return tree
+        box["treedef"] = treedef
+        return jnp.stack(leaves)
+
+    def unpack(values):
+        if box["treedef"] is None:
+            return values
+        return jax.tree_util.tree_unflatten(
+            box["treedef"], [values[..., i] for i in range(values.shape[-1])]
+        )
+
+    return pack, unpack
 
 
 def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_every, lanczos_iter):
@@ -223,7 +280,7 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
     ``step_fn(f, state, lr, wd) -> (state, StepInfo)``; ``to_w(state, lr, wd) -> flat w_t``.
     A non-finite step freezes the state and sets ``bad`` to that step.
     """
-    carry, (t, w, theta, info, lam) = _run_records(
+    carry, (t, w, info, lam) = _run_records(
         f,
         step_fn,
         _initial_carry(state0, to_w(state0, lr, wd)),
@@ -236,7 +293,7 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
         sharpness_every=sharpness_every,
         lanczos_iter=lanczos_iter,
     )
-    return carry, t, w, theta, info, lam
+    return carry, t, w, info, lam
 
 
 @partial(
@@ -256,7 +313,7 @@ def _simulate_compiled(
         state0 = SphereState(flat / norm0, effective_lr(norm0, lr, wd))
         to_w = lambda s, lr, wd: s.theta * norm_from_eff_lr(s.eff_lr, lr, wd)
         step_fn = sphere_step
-    carry, t, w, theta, info, lam = _run(
+    carry, t, w, info, lam = _run(
         f,
         step_fn,
         state0,
@@ -269,20 +326,7 @@ def _simulate_compiled(
         lanczos_iter=lanczos_iter,
     )
     w_final = unravel(to_w(carry.state, lr, wd))
-    return Trajectory(
-        t,
-        w,
-        theta,
-        info.norm,
-        info.eff_lr,
-        info.loss,
-        info.grad_norm,
-        lam,
-        w_final,
-        lr,
-        wd,
-        carry.bad,
-    )
+    return _trajectory(t, w, info, lam, w_final, lr, wd, carry.bad)
 
 
 def _finish(traj: Trajectory, on_nonfinite: str, where: str) -> Trajectory:
@@ -292,12 +336,7 @@ def _finish(traj: Trajectory, on_nonfinite: str, where: str) -> Trajectory:
     if bad < 0:
         return traj
     keep = int(np.searchsorted(np.asarray(traj.step), bad, side="right"))
-    cut = traj._replace(
-        **{
-            k: getattr(traj, k)[:keep]
-            for k in ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
-        }
-    )
+    cut = traj._replace(**{k: getattr(traj, k)[:keep] for k in PER_RECORD})
     if on_nonfinite == "return":
         return cut
     raise NonFiniteError(

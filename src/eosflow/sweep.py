@@ -57,6 +57,7 @@ from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import flatten_loss
 from eosflow.runio import Progress, save_json, save_npz
 from eosflow.simulate import (
+    PER_RECORD,
     Trajectory,
     _Carry,
     _initial_carry,
@@ -68,8 +69,9 @@ Array = jax.Array
 
 __all__ = ["SweepConfig", "configurations", "sweep", "take_config", "load_sweep", "config_mesh"]
 
-#: Per-record fields of a :class:`~eosflow.Trajectory` (leading axes ``(B, T)`` in a sweep).
-RECORD_FIELDS = ("step", "w", "theta", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+#: Per-record fields of a :class:`~eosflow.Trajectory` (leading axes ``(B, T)`` in a sweep);
+#: ``theta`` is derived from ``w`` and ``norm``.
+RECORD_FIELDS = PER_RECORD
 MANIFEST = "manifest.json"
 _FORMAT = "eosflow.sweep/1"
 _AXES = _Carry(GDState(0), None, 0, 0)  # vmap axes of the driver's carry: t is shared
@@ -233,14 +235,15 @@ def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.nd
     ):
         if not ok.all():
             raise ValueError(f"{_where(int(np.flatnonzero(~ok)[0]), cfg)}: {msg}")
-    f, _, _ = flatten_loss(loss, w_like)
-    f = jax.jit(f)
     rows = np.unique(W0, axis=0, return_index=True)[1] if distinct else np.array([0])
-    values = np.asarray(jax.jit(jax.vmap(f))(jnp.asarray(W0)))
+    values = np.asarray(_batched_values(loss, jnp.asarray(W0), w_like))
     if check_invariance:
         tol = SCALE_INVARIANCE_RTOL.get(jnp.dtype(W0.dtype), 1e-3)
+        _, unravel = ravel_pytree(w_like)
         for b in np.sort(rows):
-            rel = check_scale_invariance(f, jnp.asarray(W0[b]))
+            # The user's loss object keys check_scale_invariance's compiled check: no recompile
+            # on the next sweep with the same loss.
+            rel = check_scale_invariance(loss, unravel(jnp.asarray(W0[b])))
             if not rel <= tol:
                 raise ValueError(
                     f"{_where(int(b), cfg)}: the loss is not scale-invariant at w0: "
@@ -248,6 +251,19 @@ def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.nd
                     "eosflow.scale_invariant(f), or pass check_invariance=False to run anyway"
                 )
     return values
+
+
+@jax.jit
+def _initial_carries(W0):
+    """The driver's initial carry for every row of ``W0`` (``t`` shared)."""
+    return jax.vmap(lambda w: _initial_carry(GDState(w), w), out_axes=_AXES)(W0)
+
+
+@partial(jax.jit, static_argnames=("loss",))
+def _batched_values(loss, W0, w_like):
+    """``L(w0_b)`` for every row of ``W0`` (compiled once per loss object and shape)."""
+    f, _, _ = flatten_loss(loss, w_like)
+    return jax.vmap(f)(W0)
 
 
 # ----------------------------------------------------------------------------- compiled chunk
@@ -302,18 +318,17 @@ def _sweep_chunk(
             lanczos_iter=lanczos_iter,
         )
 
-    carry, (t, w, theta, info, lam) = jax.vmap(
-        one, in_axes=(_AXES, 0, 0), out_axes=(_AXES, (None, 0, 0, 0, 0))
+    carry, (t, w, info, lam) = jax.vmap(
+        one, in_axes=(_AXES, 0, 0), out_axes=(_AXES, (None, 0, 0, 0))
     )(carry, lr, wd)
     after = (carry.bad[:, None] >= 0) & (t[None, :] > carry.bad[:, None])
     nan = lambda x: jnp.where(after.reshape(after.shape + (1,) * (x.ndim - 2)), jnp.nan, x)
     B = lr.shape[0]
-    if not record_params:  # nothing of w/theta is kept: XLA drops their computation and buffers
-        w = theta = jnp.zeros((B, n_rec, 0), lr.dtype)
+    if not record_params:  # w is not kept: XLA drops its buffer
+        w = jnp.zeros((B, n_rec, 0), lr.dtype)
     rec = {
         "step": t,
         "w": nan(w),
-        "theta": nan(theta),
         "norm": nan(info.norm),
         "eff_lr": nan(info.eff_lr),
         "loss": nan(info.loss),
@@ -422,8 +437,9 @@ def load_sweep(out_dir: str | os.PathLike, *, fields: Sequence[str] | None = Non
     Args:
       out_dir: the sweep's folder (``manifest.json`` + ``chunk_NNNNN.npz``).
       fields: the per-record fields to load (default all of
-        ``step, w, theta, norm, eff_lr, loss, grad_norm, sharpness``); the others come back empty
-        (``T = 0``), which bounds memory, e.g. ``fields=("step", "loss")``.
+        ``step, w, norm, eff_lr, loss, grad_norm, sharpness``; ``theta`` loads ``w`` and ``norm``,
+        from which it is derived); the others come back empty (``T = 0``), which bounds memory,
+        e.g. ``fields=("step", "loss")``.
 
     Returns:
       the records of the saved chunks; ``w_final`` is the *flat* ``(B, D)`` iterate after the last
@@ -436,11 +452,13 @@ def load_sweep(out_dir: str | os.PathLike, *, fields: Sequence[str] | None = Non
     man = json.loads((out_dir / MANIFEST).read_text())
     c = man["config"]
     fields = RECORD_FIELDS if fields is None else tuple(fields)
-    unknown = set(fields) - set(RECORD_FIELDS)
+    unknown = set(fields) - set(RECORD_FIELDS) - {"theta"}
     if unknown:
         raise ValueError(
-            f"load_sweep: unknown fields {sorted(unknown)}; choose from {RECORD_FIELDS}"
+            f"load_sweep: unknown fields {sorted(unknown)}; choose from {RECORD_FIELDS + ('theta',)}"
         )
+    if "theta" in fields:
+        fields = tuple(dict.fromkeys(k for k in fields + ("w", "norm") if k != "theta"))
     n = _saved_chunks(out_dir, man["starts"])
     if n == 0:
         raise FileNotFoundError(f"load_sweep: no saved chunk in {out_dir}")
@@ -456,7 +474,7 @@ def _assemble(parts, carry, fields, B, D, dtype, lr, wd, unravel) -> Trajectory:
             x = np.concatenate([p[k] for p in parts], axis=-1 if k == "step" else 1)
             out[k] = np.broadcast_to(x, (B, x.shape[0])).copy() if k == "step" else x
         else:
-            inner = (D,) if k in ("w", "theta") else ()
+            inner = (D,) if k == "w" else ()
             out[k] = np.zeros((B, 0) + inner, np.int64 if k == "step" else dtype)
     wf = np.asarray(carry["carry_w"])
     w_final = wf if unravel is None else jax.tree_util.tree_map(np.asarray, jax.vmap(unravel)(wf))
@@ -550,7 +568,7 @@ def sweep(
 
     Returns:
       a :class:`~eosflow.Trajectory` whose fields have a leading configuration axis ``B``:
-      ``step (B, T)``, ``w, theta (B, T, D)``, ``norm, eff_lr, loss, grad_norm, sharpness (B, T)``,
+      ``step (B, T)``, ``w (B, T, D)`` (and the derived ``theta``), ``norm, eff_lr, loss, grad_norm, sharpness (B, T)``,
       ``w_final`` (``w0``'s structure with a leading ``B``), ``lr, wd (B,)`` and
       ``nonfinite_step (B,)`` (``-1`` or the first non-finite step; later records are NaN).
       NumPy arrays. :func:`take_config` extracts one configuration.
@@ -639,7 +657,7 @@ def sweep(
         carry = put_carry(last["carry_w"], last["carry_v1"], last["carry_bad"], last["carry_t"])
         host_carry = last
     else:
-        c0 = jax.vmap(lambda w: _initial_carry(GDState(w), w), out_axes=_AXES)(jnp.asarray(W0))
+        c0 = _initial_carries(jnp.asarray(W0))
         carry = put_carry(np.asarray(c0.state.w), np.asarray(c0.v1), np.asarray(c0.bad), c0.t)
         host_carry = {"carry_w": W0, "carry_bad": np.full(B, -1)}
 

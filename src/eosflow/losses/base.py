@@ -16,6 +16,7 @@ still a plain callable but also carries ``residual`` so that Gauss–Newton fast
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -108,12 +109,20 @@ def check_scale_invariance(
     Returns:
       the measured relative change, a Python float.
     """
-    base = loss(w)
     flat, _ = ravel_pytree(w)
     floor = float(jnp.finfo(flat.dtype).eps) ** 0.75
-    worst = 0.0
-    for c in scales:
-        scaled = jax.tree_util.tree_map(lambda x, c=c: x * jnp.asarray(c, x.dtype), w)
-        rel = jnp.abs(loss(scaled) - base) / (jnp.abs(base) + floor)
-        worst = max(worst, float(rel))
-    return worst
+    scales = tuple(float(c) for c in scales)
+    try:
+        base, vals = _scaled_values(loss, w, scales)
+    except TypeError:  # an unhashable loss cannot key the jit cache: evaluate eagerly
+        base, vals = _scaled_values.__wrapped__(loss, w, scales)
+    rel = jnp.abs(vals - base) / (jnp.abs(base) + floor)
+    return float(jnp.max(rel))
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "scales"))
+def _scaled_values(loss, w, scales):
+    """``(L(w), [L(c w) for c in scales])`` in one compiled call (cached per loss object, so the
+    check costs one dispatch, not a string of eager evaluations)."""
+    at = lambda c: loss(jax.tree_util.tree_map(lambda x: x * c.astype(x.dtype), w))
+    return loss(w), jax.vmap(at)(jnp.asarray(scales))

@@ -75,6 +75,27 @@ def time_call(fn: Callable[[], Any], *, repeats: int, warmup: int = 1, sync=bloc
     return Timing(first, statistics.median(times), min(times), times)
 
 
+def time_calls(fns: dict[str, Callable[[], Any]], *, repeats: int, sync=block) -> dict[str, Timing]:
+    """Time several functions *interleaved*: after one warm-up (compile) call each, ``repeats``
+    rounds that call every function once, in an order rotated each round. Bursts of noise from
+    the machine (a VM's neighbours) then hit every function alike, so their ratios stay
+    meaningful even when absolute times jump; each gets its median over the rounds."""
+    names = list(fns)
+    first, times = {}, {k: [] for k in names}
+    for k in names:
+        t0 = time.perf_counter()
+        sync(fns[k]())
+        first[k] = time.perf_counter() - t0
+    for r in range(max(repeats, 1)):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            sync(fns[k]())
+            times[k].append(time.perf_counter() - t0)
+    return {
+        k: Timing(first[k], statistics.median(times[k]), min(times[k]), times[k]) for k in names
+    }
+
+
 def load() -> list[float]:
     """``os.getloadavg()`` (1, 5, 15 min) as a list, or NaNs where unavailable."""
     try:

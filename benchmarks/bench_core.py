@@ -24,7 +24,17 @@ from functools import partial
 import _problems as P
 import jax
 import jax.numpy as jnp
-from _common import block, cost, floor_seconds, ratio, table, time_call, us, verdict
+from _common import (
+    block,
+    cost,
+    floor_seconds,
+    ratio,
+    table,
+    time_call,
+    time_calls,
+    us,
+    verdict,
+)
 from jax import lax
 
 import eosflow
@@ -43,7 +53,7 @@ def _config(quick: bool) -> dict:
         "quick": quick,
         "steps_small": 500 if quick else 5000,
         "steps_big": 100 if quick else 1000,
-        "repeats": 3 if quick else 7,
+        "repeats": 3 if quick else 11,
         "vg_calls_small": 50 if quick else 200,
         "vg_calls_big": 10 if quick else 50,
         "torch_steps_small": 200 if quick else 2000,
@@ -85,42 +95,38 @@ def bench_problem(name: str, dtype: str, cfg: dict, peaks: dict, log) -> dict:
     lr, wd = jnp.asarray(p.lr, dt), jnp.asarray(p.wd, dt)
     res = {"problem": name, "label": p.label, "dtype": dtype, "D": int(p.w0.size), "steps": S}
 
-    sim = time_call(lambda: eosflow.simulate(p.loss, p.w0, p.lr, p.wd, steps=S), repeats=R)
+    # --quick trims the float32 rows to the issue's columns (fewer compiles).
+    full_row = dtype == "float64" or not cfg["quick"]
+    loop, _ = _loop(p.loss, S)
+    fns = {
+        "simulate": lambda: eosflow.simulate(p.loss, p.w0, p.lr, p.wd, steps=S),
+        "loop": lambda: loop(p.w0, lr, wd),
+    }
+    if full_row:
+        bare = _bare_scan(p.loss, S)
+        fns["simulate_record50"] = lambda: eosflow.simulate(
+            p.loss, p.w0, p.lr, p.wd, steps=S, record_every=RECORD_EVERY
+        )
+        fns["bare_scan"] = lambda: bare(p.w0, lr, wd)
+    # Interleaved rounds: the ratios below compare calls that saw the same machine noise.
+    timed = time_calls(fns, repeats=R)
+    for k in ("simulate", "simulate_record50", "bare_scan", "loop"):
+        res[k] = timed[k].as_dict() | {"per_step_s": timed[k].median_s / S} if k in timed else None
+    sim, tl = timed["simulate"], timed["loop"]
     traj = eosflow.simulate(p.loss, p.w0, p.lr, p.wd, steps=S)
     # The run is in w0's dtype; a loss that promotes (e.g. a float64 constant inside) shows here.
     res["dtypes"] = {"w": str(traj.w.dtype), "loss": str(traj.loss.dtype)}
     if traj.w.dtype != dt or traj.loss.dtype != dt:
         log(f"  NOTE {name} {dtype}: trajectory dtypes w={traj.w.dtype}, loss={traj.loss.dtype}")
-    res["simulate"] = sim.as_dict() | {"per_step_s": sim.median_s / S}
     log(
         f"  {name:12s} {dtype}  simulate        {us(sim.median_s / S):>8s} us/step "
         f"(compile {sim.compile_s:.1f} s)"
     )
-
-    # --quick trims the float32 rows to the issue's columns (fewer compiles).
-    full_row = dtype == "float64" or not cfg["quick"]
-    res["simulate_record50"] = None
-    if full_row:
-        simr = time_call(
-            lambda: eosflow.simulate(p.loss, p.w0, p.lr, p.wd, steps=S, record_every=RECORD_EVERY),
-            repeats=R,
-        )
-        res["simulate_record50"] = simr.as_dict() | {"per_step_s": simr.median_s / S}
+    log(f"  {name:12s} {dtype}  (a) loop        {us(tl.median_s / S):>8s} us/step")
 
     if dtype == "float64" and not cfg["quick"]:
         one = time_call(lambda: eosflow.simulate(p.loss, p.w0, p.lr, p.wd, steps=1), repeats=R)
         res["simulate_steps1"] = one.as_dict()
-
-    res["bare_scan"] = None
-    if full_row:
-        bare = _bare_scan(p.loss, S)
-        tb = time_call(lambda: bare(p.w0, lr, wd), repeats=R)
-        res["bare_scan"] = tb.as_dict() | {"per_step_s": tb.median_s / S}
-
-    loop, step = _loop(p.loss, S)
-    tl = time_call(lambda: loop(p.w0, lr, wd), repeats=R)
-    res["loop"] = tl.as_dict() | {"per_step_s": tl.median_s / S}
-    log(f"  {name:12s} {dtype}  (a) loop        {us(tl.median_s / S):>8s} us/step")
 
     vg = jax.jit(jax.value_and_grad(p.loss))
     K = cfg["vg_calls_big"] if big else cfg["vg_calls_small"]

@@ -412,3 +412,34 @@ def test_nonfinite_return_mode():
     # a clean run reports -1
     ok = eosflow.simulate(TOY, jnp.asarray(TOY_W0), LR, WD, steps=TOY_STEPS)
     assert int(ok.nonfinite_step) == -1
+
+
+def test_update_is_finite_never_passes_a_nonfinite_step():
+    """The guard's scalar test against the direct check (isfinite over the new iterate), on
+    steps that overflow through the gradient, through w, or carry a NaN."""
+    from eosflow.gd import GDState, gd_wd_step, update_is_finite
+
+    step = jax.jit(lambda w, lr, wd: gd_wd_step(TOY, GDState(w), lr, wd))
+    pred_f = jax.jit(update_is_finite)
+    rng = np.random.default_rng(0)
+    seen = {"pass": 0, "overflow_caught": 0}
+    for scale in (1e-10, 1e-3, 1.0, 1e100, 1e160, 1e300):
+        for lr in (0.1, 1e10, 1e300):
+            for poison in (False, True):
+                w = rng.normal(size=3) * scale
+                if poison:
+                    w[1] = np.nan
+                wd = 0.5 / lr
+                new, info = step(jnp.asarray(w), lr, wd)
+                truth = bool(
+                    np.all(np.isfinite(np.asarray(new.w)))
+                    and np.isfinite(float(info.loss))
+                    and np.isfinite(float(info.grad_norm))
+                )
+                pred = bool(pred_f(info, lr, wd))
+                assert not (pred and not truth), (scale, lr, poison)  # sound: never misses
+                if scale <= 1e100:  # far from overflow of ||w||²: exact
+                    assert pred == truth, (scale, lr, poison)
+                seen["pass"] += pred
+                seen["overflow_caught"] += (not truth) and not poison
+    assert seen["pass"] >= 8 and seen["overflow_caught"] >= 1, seen

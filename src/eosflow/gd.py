@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["GDState", "StepInfo", "gd_wd_step", "effective_lr"]
+__all__ = ["GDState", "StepInfo", "gd_wd_step", "effective_lr", "update_is_finite"]
 
 
 class GDState(NamedTuple):
@@ -64,3 +64,21 @@ def gd_wd_step(
     norm = jnp.linalg.norm(w)
     info = StepInfo(value, norm * jnp.linalg.norm(g), norm, effective_lr(norm, lr, wd))
     return GDState((1.0 - lr * wd) * w - lr * g), info
+
+
+def update_is_finite(info: StepInfo, lr: Array, wd: Array) -> Array:
+    """Whether the step that produced ``info`` was finite: ``w_t``, ``∇L(w_t)``, ``L`` and the
+    new iterate ``w_{t+1}`` of eq. (1) — decided from the step's scalars, without another pass
+    over ``w``.
+
+    ``norm = ||w_t||`` is finite iff ``w_t`` is (NaN and Inf propagate through the sum of
+    squares), ``grad_norm = ||w_t||·||∇L(w_t)||`` then iff the gradient is, and every entry of
+    ``w_{t+1} = (1 − lr·wd) w_t − lr ∇L(w_t)`` is bounded by ``(1 − lr·wd)||w_t|| + lr||∇L(w_t)||``,
+    so the update cannot overflow while twice that bound is finite. Conservative only where
+    norms approach the largest float (``~1e154`` for the sum of squares, ``~1e308`` here), where a
+    run has long diverged. Used by the simulator's non-finite guard: a full ``isfinite`` pass over
+    the new iterate cost 10-20 µs per step at ``D = 5000`` on a 2-core CPU.
+    """
+    gnorm = info.grad_norm / info.norm
+    bound = 2.0 * ((1.0 - lr * wd) * info.norm + lr * gnorm)
+    return jnp.isfinite(info.loss) & jnp.isfinite(info.grad_norm) & jnp.isfinite(bound)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from eosflow.gd import GDState, effective_lr, gd_wd_step
+from eosflow.gd import GDState, effective_lr, gd_wd_step, update_is_finite
 from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import check_scalar_loss, flatten_loss
 from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
@@ -197,7 +197,19 @@ def _initial_carry(state0, w_init: Array) -> _Carry:
 
 
 def _run_records(
-    f, step_fn, carry0, to_w, lr, wd, *, n_rec, steps, record_every, sharpness_every, lanczos_iter
+    f,
+    step_fn,
+    carry0,
+    to_w,
+    lr,
+    wd,
+    *,
+    n_rec,
+    steps,
+    record_every,
+    sharpness_every,
+    lanczos_iter,
+    is_finite=None,
 ):
     """``n_rec`` records of the driver from ``carry0`` (global step ``carry0.t``): one
     ``lax.scan`` over records, an inner loop of ``record_every`` steps.
@@ -212,7 +224,8 @@ def _run_records(
 
     def guarded(carry: _Carry):
         new, info = step_fn(f, carry.state, lr, wd)
-        ok = _finite((new, info)) & (carry.bad < 0)
+        finite = _finite((new, info)) if is_finite is None else is_finite(info, lr, wd)
+        ok = finite & (carry.bad < 0)
         state = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, carry.state)
         bad = jnp.where((carry.bad < 0) & ~ok, carry.t, carry.bad)
         return carry._replace(state=state, t=carry.t + 1, bad=bad), info
@@ -274,11 +287,26 @@ def _packer():
     return pack, unpack
 
 
-def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_every, lanczos_iter):
+def _run(
+    f,
+    step_fn,
+    state0,
+    to_w,
+    lr,
+    wd,
+    *,
+    steps,
+    record_every,
+    sharpness_every,
+    lanczos_iter,
+    is_finite=None,
+):
     """The shared driver: outer ``lax.scan`` over records, inner loop of ``record_every`` steps.
 
     ``step_fn(f, state, lr, wd) -> (state, StepInfo)``; ``to_w(state, lr, wd) -> flat w_t``.
-    A non-finite step freezes the state and sets ``bad`` to that step.
+    A non-finite step freezes the state and sets ``bad`` to that step; ``is_finite(info, lr,
+    wd)`` decides it from the step's scalars where the step allows (GD+WD:
+    :func:`eosflow.gd.update_is_finite`), else every leaf of the new state is checked.
     """
     carry, (t, w, info, lam) = _run_records(
         f,
@@ -292,6 +320,7 @@ def _run(f, step_fn, state0, to_w, lr, wd, *, steps, record_every, sharpness_eve
         record_every=record_every,
         sharpness_every=sharpness_every,
         lanczos_iter=lanczos_iter,
+        is_finite=is_finite,
     )
     return carry, t, w, info, lam
 
@@ -307,12 +336,12 @@ def _simulate_compiled(
     if kind == "gd":
         state0 = GDState(flat)
         to_w = lambda s, lr, wd: s.w
-        step_fn = gd_wd_step
+        step_fn, is_finite = gd_wd_step, update_is_finite
     else:
         norm0 = jnp.linalg.norm(flat)
         state0 = SphereState(flat / norm0, effective_lr(norm0, lr, wd))
         to_w = lambda s, lr, wd: s.theta * norm_from_eff_lr(s.eff_lr, lr, wd)
-        step_fn = sphere_step
+        step_fn, is_finite = sphere_step, None
     carry, t, w, info, lam = _run(
         f,
         step_fn,
@@ -324,6 +353,7 @@ def _simulate_compiled(
         record_every=record_every,
         sharpness_every=sharpness_every,
         lanczos_iter=lanczos_iter,
+        is_finite=is_finite,
     )
     w_final = unravel(to_w(carry.state, lr, wd))
     return _trajectory(t, w, info, lam, w_final, lr, wd, carry.bad)

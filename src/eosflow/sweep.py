@@ -52,7 +52,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from eosflow.gd import GDState, gd_wd_step
+from eosflow.gd import GDState, gd_wd_step, update_is_finite
 from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import flatten_loss
 from eosflow.runio import Progress, save_json, save_npz
@@ -316,6 +316,7 @@ def _sweep_chunk(
             record_every=record_every,
             sharpness_every=sharpness_every,
             lanczos_iter=lanczos_iter,
+            is_finite=update_is_finite,
         )
 
     carry, (t, w, info, lam) = jax.vmap(

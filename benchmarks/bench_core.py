@@ -329,7 +329,7 @@ def _markdown(res: dict, quick: bool) -> str:
         row = [
             r["problem"],
             r["dtype"],
-            ratio(r["loop"]["per_step_s"], sim),
+            ratio(r["loop"]["per_step_s"], sim, 2),
             ttxt if r["dtype"] == "float64" else "(info)",
             verdict(ok),
             ratio(r["loop"]["per_step_s"], _ps(r["simulate_record50"])),
@@ -365,7 +365,7 @@ def _markdown(res: dict, quick: bool) -> str:
                 dtype,
                 us(sd),
                 us(sg),
-                ratio(sg, sd),
+                ratio(sg, sd, 2),
                 us(d["loop"]["per_step_s"]),
                 us(g["loop"]["per_step_s"]),
                 ratio(g["loop"]["per_step_s"], sd),

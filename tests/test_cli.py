@@ -53,6 +53,17 @@ def test_list_from_another_directory(tmp_path):
     assert "unavailable" not in r.stdout.split("matrix-completion-bn", 1)[1].splitlines()[0]
 
 
+def test_foreign_experiments_package_in_cwd_is_named(tmp_path):
+    """``python -m`` puts the cwd first on sys.path: a user's own ``experiments/`` shadows ours.
+    The command says so in one line instead of failing inside."""
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "__init__.py").write_text("X = 1\n")
+    r = run_cli(["list"], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert_one_line_error(r.stderr)
+    assert "is not eosflow's" in r.stderr and str(tmp_path) in r.stderr
+
+
 def test_installed_script_lists(tmp_path):
     exe = shutil.which("eosflow")
     if exe is None:

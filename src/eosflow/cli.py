@@ -227,8 +227,26 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
+def _experiments():
+    """eosflow's ``experiments`` package. It ships as a top-level package, so a folder named
+    ``experiments`` on ``sys.path`` first (e.g. the current directory under ``python -m``) would
+    shadow it: refuse that with a clear message instead of failing somewhere inside."""
+    try:
+        import experiments
+    except ImportError as e:
+        raise UsageError(f"cannot import eosflow's experiments package: {e}") from None
+    if not (callable(getattr(experiments, "discover", None)) and hasattr(experiments, "get")):
+        where = getattr(experiments, "__file__", None) or list(getattr(experiments, "__path__", []))
+        raise UsageError(
+            f"the module 'experiments' found at {where} is not eosflow's (another folder or "
+            "package named 'experiments' shadows it); run eosflow from another directory or "
+            "use the installed 'eosflow' command"
+        )
+    return experiments
+
+
 def _cmd_list() -> int:
-    import experiments
+    experiments = _experiments()
 
     entries = experiments.discover()
     if not entries:
@@ -241,7 +259,7 @@ def _cmd_list() -> int:
 
 
 def _cmd_run(args) -> int:
-    import experiments
+    experiments = _experiments()
 
     try:
         module = experiments.get(args.name)

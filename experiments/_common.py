@@ -19,6 +19,9 @@ from eosflow.runio import ARRAYS, SUMMARY, save_bytes
 
 #: One colour per run, shared by all figures.
 COLORS = {"bn": "C0", "no_wd": "C1", "no_bn": "C2"}
+#: The ablation runs of the figure experiments (matrix completion, nets) and their legend labels.
+RUNS = ("bn", "no_wd", "no_bn")
+LABELS = {"bn": "BN + WD", "no_wd": "BN, no WD", "no_bn": "no BN, WD"}
 
 
 def new_figure(nrows: int, ncols: int, size: tuple[float, float]):

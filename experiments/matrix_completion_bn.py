@@ -54,8 +54,11 @@ from eosflow.losses import (
 )
 from eosflow.runio import RunRecorder, run_chunked
 from eosflow.sharpness import hessian_top_eigs
+from eosflow.simulate import PER_RECORD
 from experiments._common import (
     COLORS,
+    LABELS,
+    RUNS,
     as_float,
     first_index,
     load_arrays,
@@ -68,9 +71,7 @@ NAME = "matrix-completion-bn"
 DESCRIPTION = "matrix completion with BN: GD+WD lowers sharpness, rank and test MSE after fitting"
 PAPER = "Figure 1"
 
-RUNS = ("bn", "no_wd", "no_bn")
-LABELS = {"bn": "BN + WD", "no_wd": "BN, no WD", "no_bn": "no BN, WD"}
-_FIELDS = ("step", "w", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
+_FIELDS = PER_RECORD
 
 
 def default_config(quick: bool) -> dict:

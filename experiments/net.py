@@ -49,6 +49,8 @@ from eosflow.runio import RunRecorder, run_chunked
 from eosflow.sharpness import hessian_top_eigs
 from experiments._common import (
     COLORS,
+    LABELS,
+    RUNS,
     as_float,
     first_index,
     load_arrays,
@@ -61,8 +63,6 @@ NAME = "net"
 DESCRIPTION = "scale-invariant net (MLP/VGG-11), full-batch GD+WD: sharpness and test accuracy"
 PAPER = "Figure 2"
 
-RUNS = ("bn", "no_wd", "no_bn")
-LABELS = {"bn": "BN + WD", "no_wd": "BN, no WD", "no_bn": "no BN, WD"}
 _FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
 
 

@@ -10,23 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from _helpers import interrupt_after_chunks, run_cli  # noqa: E402
 
 from eosflow import cli
-
-
-def run_cli(args, cwd, timeout=300):
-    """``python -m eosflow.cli ARGS`` in ``cwd`` (a folder outside the repository)."""
-    return subprocess.run(
-        [sys.executable, "-m", "eosflow.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def assert_one_line_error(stderr: str):
@@ -182,16 +171,7 @@ def test_interrupted_run_exits_130_and_keeps_partial_arrays(tmp_path, monkeypatc
     says where the partial arrays are, and leaves them readable."""
     from eosflow import runio
 
-    calls = {"n": 0}
-    original = runio.RunRecorder.update
-
-    def update(self, **arrays):
-        original(self, **arrays)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runio.RunRecorder, "update", update)
+    interrupt_after_chunks(monkeypatch, 2)
     out = tmp_path / "nd"
     args = ["run", "norm-dynamics", "--quick", "--steps", "1000", "--set", "sharpness_every=0"]
     assert cli.main(args + ["--no-progress", "--out", str(out)]) == 130

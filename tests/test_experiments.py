@@ -18,8 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -27,34 +25,11 @@ import jax.numpy as jnp
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from _helpers import PNG_MAGIC, interrupt_after_chunks, quick_run  # noqa: E402
 
 import eosflow
 from eosflow import runio
 from eosflow.losses import linear_regression_bn, make_linear_regression_data, toy3d
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(args, cwd, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "eosflow.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def quick_run(tmp_path_factory, name):
-    """Run ``eosflow run NAME --quick`` from a folder outside the repository."""
-    base = tmp_path_factory.mktemp(name)
-    out = base / "out"
-    r = run_cli(["run", name, "--quick", "--out", out], cwd=base)
-    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    with np.load(out / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    summary = json.loads((out / "summary.json").read_text())
-    return out, r, arrays, summary
 
 
 @pytest.fixture(scope="module")
@@ -329,16 +304,7 @@ def test_interrupted_experiment_leaves_readable_partial_arrays(tmp_path, monkeyp
     simulate of that many steps; no final files, no temporary files."""
     from experiments import norm_dynamics
 
-    calls = {"n": 0}
-    original = runio.RunRecorder.update
-
-    def update(self, **arrays):
-        original(self, **arrays)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runio.RunRecorder, "update", update)
+    interrupt_after_chunks(monkeypatch, 3)
     cfg = norm_dynamics.default_config(True) | {"steps": 1000, "sharpness_every": 0}
     with pytest.raises(KeyboardInterrupt):
         norm_dynamics.run(cfg, tmp_path, progress=False)

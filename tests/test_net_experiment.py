@@ -9,14 +9,10 @@ Also: settings the run cannot use are refused (exit status 2 before anything is 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from _helpers import PNG_MAGIC, quick_run, run_cli  # noqa: E402
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = [
     "--steps",
     "600",
@@ -31,25 +27,10 @@ SMALL = [
 ]
 
 
-def run_cli(args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "eosflow.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("net")
-    out = base / "out"
-    r = run_cli(["run", "net", "--quick", "--no-progress", "--out", out, *SMALL], cwd=base)
-    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    with np.load(out / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return out, arrays, json.loads((out / "summary.json").read_text())
+    out, _, arrays, summary = quick_run(tmp_path_factory, "net", "--no-progress", *SMALL)
+    return out, arrays, summary
 
 
 def test_net_outputs(small_run):

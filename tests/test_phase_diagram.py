@@ -14,30 +14,17 @@ checks recompute everything from the saved arrays with independent NumPy code:
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from _helpers import PNG_MAGIC, quick_run  # noqa: E402
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["phase_diagram.png", "eos_prediction.png"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("phase")
-    out = base / "out"
-    r = subprocess.run(
-        [sys.executable, "-m", "eosflow.cli", "run", "phase-diagram", "--quick", "--out", str(out)],
-        cwd=base, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    with np.load(out / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return out, r, arrays, json.loads((out / "summary.json").read_text())
+    return quick_run(tmp_path_factory, "phase-diagram")
 
 
 def test_outputs(run):

@@ -17,36 +17,21 @@ claims from the saved arrays, independently where possible:
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import jax
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from _helpers import PNG_MAGIC, quick_run  # noqa: E402
 
 from eosflow.losses import make_linear_regression_data
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["rmsprop_plain.png", "bn_optimizers.png"]
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    base = tmp_path_factory.mktemp("rmsprop")
-    out = base / "out"
-    r = subprocess.run(
-        [sys.executable, "-m", "eosflow.cli", "run", "rmsprop", "--quick", "--out", str(out)],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    with np.load(out / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return out, arrays, json.loads((out / "summary.json").read_text())
+    out, _, arrays, summary = quick_run(tmp_path_factory, "rmsprop", timeout=900)
+    return out, arrays, summary
 
 
 def test_outputs(quick):

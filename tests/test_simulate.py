@@ -202,6 +202,19 @@ def test_record_every_and_w_final():
     np.testing.assert_allclose(np.asarray(traj.w_final), np.asarray(full.w[steps]), rtol=1e-13)
     np.testing.assert_allclose(np.asarray(full.w_final), _last_iterate(full), rtol=1e-13)
 
+    # 60 steps are a multiple of 3: every record runs 3 steps and the inner loop gets a static
+    # trip count (a different loop, no host sync on a GPU); same records as the 61-step run's.
+    even = eosflow.simulate(LOSS, W0, LR, WD, steps=60, record_every=k, sharpness_every=6)
+    for field in ("step", "w", "norm", "eff_lr", "loss", "grad_norm", "sharpness"):
+        np.testing.assert_allclose(
+            np.asarray(getattr(even, field)),
+            np.asarray(getattr(traj, field))[:20],
+            rtol=1e-13,
+            atol=1e-30,
+            err_msg=field,
+        )
+    np.testing.assert_allclose(np.asarray(even.w_final), np.asarray(full.w[60]), rtol=1e-13)
+
     # sharpness at steps divisible by 6, NaN at the other recorded steps
     lam = np.asarray(traj.sharpness)
     has = idx % 6 == 0

@@ -210,11 +210,18 @@ def _run_records(
     sharpness_every,
     lanczos_iter,
     is_finite=None,
+    full_records=False,
 ):
     """``n_rec`` records of the driver from ``carry0`` (global step ``carry0.t``): one
     ``lax.scan`` over records, an inner loop of ``record_every`` steps.
 
     ``steps`` is the run's total (the last record's inner loop stops there); it may be traced.
+    ``full_records=True`` (static) promises that every record of this call runs all
+    ``record_every`` steps (the call's step count is a multiple of ``record_every``): the inner
+    loop then has a static trip count. A traced trip count (``min(record_every, steps − t)``)
+    is correct in every case but costs a device-to-host sync per iteration on a GPU (XLA
+    evaluates a while loop's condition on the host unless it knows the trip count): 46 against
+    33 µs per matrix-completion step on an H100.
     Returns ``(carry, (t, w, info, lam))`` with per-record outputs stacked. Resuming from
     the returned carry continues the run exactly (same state, step count, warm start, ``bad``),
     which is what :func:`eosflow.sweep` uses for chunks. Written for one configuration;
@@ -250,8 +257,8 @@ def _run_records(
             lam, v1 = nan, carry.v1
         t_rec = carry.t
         carry, info = guarded(carry._replace(v1=v1))
-        n_inner = jnp.minimum(record_every, steps - t_rec)
         if record_every > 1:
+            n_inner = record_every if full_records else jnp.minimum(record_every, steps - t_rec)
             carry = lax.fori_loop(1, n_inner, lambda _, c: guarded(c)[0], carry)
         return carry, (w, pack((info, lam)))
 
@@ -321,6 +328,7 @@ def _run(
         sharpness_every=sharpness_every,
         lanczos_iter=lanczos_iter,
         is_finite=is_finite,
+        full_records=steps % record_every == 0,
     )
     return carry, t, w, info, lam
 

@@ -168,8 +168,8 @@ def _is_array(x) -> bool:
 
 
 def _initial_points(loss, w0, cfg: SweepConfig, seeds, init_fn, w0_per_config):
-    """``(W0 (B, D) numpy, w_like, unravel, per-config?)``: the flat starting points of every
-    configuration, one configuration's ``w0`` (structure only) and its ``unravel``."""
+    """``(W0 (B, D) numpy, w_like, per-config?)``: the flat starting points of every
+    configuration and one configuration's ``w0`` (structure only)."""
     B = cfg.lr.size
     if seeds is not None:
         if init_fn is None:
@@ -189,7 +189,7 @@ def _initial_points(loss, w0, cfg: SweepConfig, seeds, init_fn, w0_per_config):
                     f"{int(uniq[0])} and {int(s)}"
                 )
         w_like = drawn[0]
-        return np.stack(flats)[inv], w_like, ravel_pytree(w_like)[1], True
+        return np.stack(flats)[inv], w_like, True
     if init_fn is not None:
         raise ValueError("sweep: init_fn is only used with seeds; pass seeds=[...] too")
     if w0 is None:
@@ -197,8 +197,8 @@ def _initial_points(loss, w0, cfg: SweepConfig, seeds, init_fn, w0_per_config):
     if w0_per_config is None:  # documented rule: a single 2-D array is one w0 per configuration
         w0_per_config = _is_array(w0) and jnp.ndim(w0) == 2
     if not w0_per_config:
-        flat, unravel = ravel_pytree(w0)
-        return np.broadcast_to(np.asarray(flat), (B, flat.shape[0])), w0, unravel, False
+        flat, _ = ravel_pytree(w0)
+        return np.broadcast_to(np.asarray(flat), (B, flat.shape[0])), w0, False
     leaves = jax.tree_util.tree_leaves(w0)
     sizes = {int(np.shape(x)[0]) if np.ndim(x) else None for x in leaves}
     if None in sizes or len(sizes) != 1:
@@ -214,14 +214,13 @@ def _initial_points(loss, w0, cfg: SweepConfig, seeds, init_fn, w0_per_config):
             f"eosflow.sweep.configurations) or a single shared w0"
         )
     w_like = jax.tree_util.tree_map(lambda x: x[0], w0)
-    _, unravel = ravel_pytree(w_like)
     W0 = np.stack(
         [
             np.asarray(ravel_pytree(jax.tree_util.tree_map(lambda x, b=b: x[b], w0))[0])
             for b in range(B)
         ]
     )
-    return W0, w_like, unravel, True
+    return W0, w_like, True
 
 
 def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.ndarray:
@@ -279,6 +278,7 @@ def _batched_values(loss, W0, w_like):
         "lanczos_iter",
         "record_params",
         "mesh",
+        "full_records",
     ),
 )
 def _sweep_chunk(
@@ -295,6 +295,7 @@ def _sweep_chunk(
     lanczos_iter,
     record_params,
     mesh,
+    full_records=False,
 ):
     """``n_rec`` records of every configuration from ``carry`` (leading axis ``B`` on everything
     but ``carry.t``): ``jax.vmap`` of :func:`eosflow.simulate._run_records` over configurations.
@@ -317,6 +318,7 @@ def _sweep_chunk(
             sharpness_every=sharpness_every,
             lanczos_iter=lanczos_iter,
             is_finite=update_is_finite,
+            full_records=full_records,
         )
 
     carry, (t, w, info, lam) = jax.vmap(
@@ -468,7 +470,23 @@ def load_sweep(out_dir: str | os.PathLike, *, fields: Sequence[str] | None = Non
     return _assemble(list(parts), carry[-1], fields, B, c["D"], dtype, c["lr"], c["wd"], None)
 
 
-def _assemble(parts, carry, fields, B, D, dtype, lr, wd, unravel) -> Trajectory:
+def _unravel_rows(W: np.ndarray, w_like):
+    """Rows of ``W (B, D)`` as the pytree structure of ``w_like`` with a leading axis ``B``
+    (NumPy slicing: ``ravel_pytree``'s order, no device round trip). A plain array ``w_like`` of
+    shape ``(D,)`` gives ``W`` itself."""
+    leaves, treedef = jax.tree_util.tree_flatten(w_like)
+    if treedef.num_leaves == 1 and treedef.num_nodes == 1 and np.ndim(leaves[0]) == 1:
+        return W
+    out, start = [], 0
+    for x in leaves:
+        size = int(np.size(x))
+        part = W[:, start : start + size].reshape((W.shape[0],) + np.shape(x))
+        out.append(part.astype(jnp.result_type(x), copy=False))
+        start += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _assemble(parts, carry, fields, B, D, dtype, lr, wd, w_like) -> Trajectory:
     out = {}
     for k in RECORD_FIELDS:
         if k in fields and parts:
@@ -478,7 +496,7 @@ def _assemble(parts, carry, fields, B, D, dtype, lr, wd, unravel) -> Trajectory:
             inner = (D,) if k == "w" else ()
             out[k] = np.zeros((B, 0) + inner, np.int64 if k == "step" else dtype)
     wf = np.asarray(carry["carry_w"])
-    w_final = wf if unravel is None else jax.tree_util.tree_map(np.asarray, jax.vmap(unravel)(wf))
+    w_final = wf if w_like is None else _unravel_rows(wf, w_like)
     return Trajectory(
         **out,
         w_final=w_final,
@@ -590,7 +608,7 @@ def sweep(
     """
     cfg = configurations(lrs, wds, grid=grid, seeds=seeds)
     B = cfg.lr.size
-    W0, w_like, unravel, distinct = _initial_points(loss, w0, cfg, seeds, init_fn, w0_per_config)
+    W0, w_like, distinct = _initial_points(loss, w0, cfg, seeds, init_fn, w0_per_config)
     _validate_run(loss, w_like, steps, record_every, sharpness_every, False, "sweep")
     _validate_hyperparams(cfg)
     L0 = _validate_points(loss, W0, w_like, cfg, distinct, check_invariance)
@@ -687,6 +705,7 @@ def sweep(
                 lanczos_iter=int(lanczos_iter),
                 record_params=bool(record_params),
                 mesh=mesh,
+                full_records=n % record_every == 0,
             )
             rec = {k: (_to_host(v) if k == "step" else _to_host(v)[:B]) for k, v in rec.items()}
             host_carry = {
@@ -705,4 +724,4 @@ def sweep(
     finally:
         bar.close()
     fields = RECORD_FIELDS if keep_records else ()
-    return _assemble(parts, host_carry, fields, B, W0.shape[1], dtype, lr, wd, unravel)
+    return _assemble(parts, host_carry, fields, B, W0.shape[1], dtype, lr, wd, w_like)

@@ -201,8 +201,11 @@ SHARDED = textwrap.dedent(
     loss = eosflow.linear_regression_bn(data.X, data.y)
     w0 = jax.random.normal(jax.random.PRNGKey(1), (30,))
     seen = []
-    to_host = S._to_host
-    S._to_host = lambda x: (seen.append(len(x.sharding.device_set)), to_host(x))[1]
+    to_host = S._to_host_tree
+    def spy(tree):
+        seen.extend(len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(tree))
+        return to_host(tree)
+    S._to_host_tree = spy
     kw = dict(record_every=2, sharpness_every=4, progress=False)
     a = S.sweep(loss, w0, [0.1, 0.2], [0.01, 0.02, 0.05], 150, **kw)
     b = np.load(sys.argv[1])  # the parent's single-device sweep
@@ -230,15 +233,22 @@ def test_use_cpu_devices_refuses_after_jax_started_and_bad_n():
 
 
 def test_repeated_sweep_reuses_every_compiled_program():
-    """A second sweep with the same loss and shapes compiles nothing (no per-call fixed cost)."""
+    """A second sweep with the same loss and shapes compiles nothing and traces nothing (no
+    per-call fixed cost): the jit caches keep their sizes, the Python caches only get hits."""
     import eosflow.losses.base as B
+    import eosflow.params as Pm
 
     S = sys.modules["eosflow.sweep"]  # the module (eosflow.sweep is also the function)
-    fns = (S._sweep_chunk, S._batched_values, S._initial_carries, B._scaled_values)
+    fns = (S._sweep_chunk, S._batched_values, B._scaled_values)
+    caches = (S._default_v0_host, Pm._output_struct)
     sweep(LOSS, W0, LRS, WDS, 20, progress=False)
     before = [f._cache_size() for f in fns]
+    misses = [c.cache_info().misses for c in caches]
+    hits = [c.cache_info().hits for c in caches]
     sweep(LOSS, W0 * 2.0, [0.3, 0.4], WDS, 20, progress=False)
     assert [f._cache_size() for f in fns] == before
+    assert [c.cache_info().misses for c in caches] == misses
+    assert all(c.cache_info().hits > h for c, h in zip(caches, hits, strict=True))
 
 
 def test_sharded_over_four_devices_equals_unsharded(grid, tmp_path):

@@ -37,6 +37,7 @@ configuration's trajectory cut like ``simulate(..., on_nonfinite="return")``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -56,11 +57,11 @@ from eosflow.gd import GDState, gd_wd_step, update_is_finite
 from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import flatten_loss
 from eosflow.runio import Progress, save_json, save_npz
+from eosflow.sharpness import _default_v0
 from eosflow.simulate import (
     PER_RECORD,
     Trajectory,
     _Carry,
-    _initial_carry,
     _run_records,
     _validate_run,
 )
@@ -226,6 +227,9 @@ def _initial_points(loss, w0, cfg: SweepConfig, seeds, init_fn, w0_per_config):
 def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.ndarray:
     """Finite, nonzero, scale-invariant at every distinct starting point (the error names a
     configuration). Returns ``L(w0_b)`` for each configuration (part of the manifest)."""
+    if not distinct:  # one shared w0 (a broadcast view): check it once
+        one = _validate_points(loss, W0[:1], w_like, cfg, True, check_invariance)
+        return np.repeat(one, len(W0))
     finite = np.all(np.isfinite(W0), axis=1)
     nonzero = np.any(W0 != 0, axis=1)
     for ok, msg in (
@@ -234,7 +238,7 @@ def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.nd
     ):
         if not ok.all():
             raise ValueError(f"{_where(int(np.flatnonzero(~ok)[0]), cfg)}: {msg}")
-    rows = np.unique(W0, axis=0, return_index=True)[1] if distinct else np.array([0])
+    rows = np.unique(W0, axis=0, return_index=True)[1] if len(W0) > 1 else np.array([0])
     values = np.asarray(_batched_values(loss, jnp.asarray(W0), w_like))
     if check_invariance:
         tol = SCALE_INVARIANCE_RTOL.get(jnp.dtype(W0.dtype), 1e-3)
@@ -252,10 +256,13 @@ def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.nd
     return values
 
 
-@jax.jit
-def _initial_carries(W0):
-    """The driver's initial carry for every row of ``W0`` (``t`` shared)."""
-    return jax.vmap(lambda w: _initial_carry(GDState(w), w), out_axes=_AXES)(W0)
+@functools.lru_cache(maxsize=16)
+def _default_v0_host(D: int, dtype: str) -> np.ndarray:
+    """The simulator's default Lanczos start vector (``_default_v0``, as inside its jitted
+    driver) as a read-only NumPy array, computed once per size and dtype."""
+    v = np.asarray(jax.jit(_default_v0, static_argnums=(0, 1))(D, np.dtype(dtype)))
+    v.flags.writeable = False
+    return v
 
 
 @partial(jax.jit, static_argnames=("loss",))
@@ -359,6 +366,16 @@ def _to_host(x) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def _to_host_tree(tree):
+    """Every array of ``tree`` as NumPy (see :func:`_to_host`). Fully addressable arrays go
+    through one ``jax.device_get``, which starts all device-to-host copies before waiting on
+    any (on a GPU: one synchronization instead of one per array)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
+        return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+    return jax.tree_util.tree_map(_to_host, tree)
 
 
 def _put(x: np.ndarray, sharding) -> Array:
@@ -676,8 +693,11 @@ def sweep(
         carry = put_carry(last["carry_w"], last["carry_v1"], last["carry_bad"], last["carry_t"])
         host_carry = last
     else:
-        c0 = _initial_carries(jnp.asarray(W0))
-        carry = put_carry(np.asarray(c0.state.w), np.asarray(c0.v1), np.asarray(c0.bad), c0.t)
+        # The driver's initial carry (simulate's _initial_carry), built on the host: no device
+        # round trip for the (B, D) arrays.
+        index = jax.dtypes.canonicalize_dtype(np.int64)
+        v0 = np.broadcast_to(_default_v0_host(W0.shape[1], W0.dtype.name), W0.shape)
+        carry = put_carry(W0, v0, np.full(B, -1, index), np.asarray(0, index))
         host_carry = {"carry_w": W0, "carry_bad": np.full(B, -1)}
 
     lr_d, wd_d = _put(pad(lr), batched), _put(pad(wd), batched)
@@ -707,13 +727,19 @@ def sweep(
                 mesh=mesh,
                 full_records=n % record_every == 0,
             )
-            rec = {k: (_to_host(v) if k == "step" else _to_host(v)[:B]) for k, v in rec.items()}
-            host_carry = {
-                "carry_w": _to_host(carry.state.w)[:B],
-                "carry_v1": _to_host(carry.v1)[:B],
-                "carry_bad": _to_host(carry.bad)[:B],
-                "carry_t": _to_host(carry.t),
-            }
+            rec, host_carry = _to_host_tree(
+                (
+                    rec,
+                    {
+                        "carry_w": carry.state.w,
+                        "carry_v1": carry.v1,
+                        "carry_bad": carry.bad,
+                        "carry_t": carry.t,
+                    },
+                )
+            )
+            rec = {k: v if k == "step" else v[:B] for k, v in rec.items()}
+            host_carry = {k: v if k == "carry_t" else v[:B] for k, v in host_carry.items()}
             if out is not None and writer:
                 save_npz(_chunk_path(out, i), start=np.asarray(starts[i]), **rec, **host_carry)
             if keep_records:

@@ -11,8 +11,9 @@ Speed: the loss is computed on the dense ``UVᵀ`` with a 0/1 mask instead of ga
 entries. On CPU the gather's transpose (a scatter-add) dominates the step; the dense form is a
 ``m×k×n`` matmul and elementwise ops (see ``docs/benchmarks.md``). Its gradient is written out
 (a ``jax.custom_jvp`` whose rule returns the closed-form BN backward pass): XLA's CPU runtime
-pays about a microsecond per fused op, and the hand-written pass has half the ops of the
-autodiff one. Higher derivatives (Hessian-vector products, the flow's third derivatives) are
+pays about a microsecond per op of the compiled step, and a GD step has 23 ops with this rule
+against 30 with autodiff (one shared reduction for the three sums, no transposed reductions):
+62.7 against 72.6 µs per step in a bare scan on a 2-core CPU. Higher derivatives (Hessian-vector products, the flow's third derivatives) are
 autodiff of that closed-form gradient; tests check them against the gathered loss, which is
 plain autodiff. ``residual`` gathers, since
 the Gauss–Newton fast path needs the ``|Ω|`` residuals themselves.

@@ -16,23 +16,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-try:
-    import eosflow
-except ImportError:  # not installed (e.g. a bare GPU machine): use the checkout's sources
-    sys.path.insert(0, str(HERE.parent / "src"))
-    import eosflow
+import _paths  # noqa: F401  (sys.path, float64): first
 
-import _problems as P  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+# isort: split
+import _problems as P
+import jax
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)
+import eosflow
 
 STEPS = (200, 1000)
 

@@ -29,18 +29,13 @@ import time
 import traceback
 from pathlib import Path
 
+import _paths  # noqa: F401  (sys.path, float64): first
+
+# isort: split
+import _common as C
+import jax
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-try:
-    import eosflow  # noqa: F401
-except ImportError:  # not installed (e.g. a bare GPU machine): use the checkout's sources
-    sys.path.insert(0, str(HERE.parent / "src"))
-
-import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-
-import _common as C  # noqa: E402
 
 SECTIONS = ("core", "sharpness", "flow", "sweep")
 

@@ -66,7 +66,13 @@ def _sweep_fn():
 
 
 def run(quick: bool, peaks: dict, log) -> tuple[str, dict]:
+    import warnings
+
     import jax
+
+    # The 1-device block is measured on purpose (next to the one-device-per-core block).
+    if hasattr(eosflow, "SingleDeviceWarning"):
+        warnings.filterwarnings("ignore", category=eosflow.SingleDeviceWarning)
 
     sweep = _sweep_fn()
     if sweep is None:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import jax
@@ -249,6 +250,28 @@ def test_repeated_sweep_reuses_every_compiled_program():
     assert [f._cache_size() for f in fns] == before
     assert [c.cache_info().misses for c in caches] == misses
     assert all(c.cache_info().hits > h for c, h in zip(caches, hits, strict=True))
+
+
+def test_single_cpu_device_on_a_multicore_machine_hints_once(monkeypatch):
+    """One SingleDeviceWarning per process, naming eosflow.use_cpu_devices; none when the caller
+    chose the devices, when the machine has one core, or for a single configuration."""
+    S = sys.modules["eosflow.sweep"]
+    if len(jax.devices()) != 1 or jax.devices()[0].platform != "cpu":
+        pytest.skip("needs JAX's single CPU device")
+    monkeypatch.setattr(S, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(S, "_HINTED", [])
+    with pytest.warns(
+        eosflow.SingleDeviceWarning, match=r"1 CPU device of a 4-core.*use_cpu_devices"
+    ):
+        sweep(LOSS, W0, LRS, WDS, 4, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", eosflow.SingleDeviceWarning)
+        sweep(LOSS, W0, LRS, WDS, 4, progress=False)  # already hinted in this process
+        monkeypatch.setattr(S, "_HINTED", [])
+        sweep(LOSS, W0, LRS, WDS, 4, progress=False, devices=jax.devices())
+        sweep(LOSS, W0, [0.1], [0.01], 4, progress=False)
+        monkeypatch.setattr(S, "cpu_cores", lambda: 1)
+        sweep(LOSS, W0, LRS, WDS, 4, progress=False)
 
 
 def test_sharded_over_four_devices_equals_unsharded(grid, tmp_path):

@@ -77,7 +77,7 @@ from eosflow.simulate import (
     validate_hyperparams,
 )
 from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, sphere_step
-from eosflow.sweep import SweepConfig, load_sweep, sweep, take_config
+from eosflow.sweep import SingleDeviceWarning, SweepConfig, load_sweep, sweep, take_config
 from eosflow.sweep import configurations as sweep_configurations
 
 __version__ = "0.1.0"
@@ -188,6 +188,7 @@ __all__ = [
     "quasi_rmsprop_check",
     "scalar_rmsprop_scheduler",
     "SweepConfig",
+    "SingleDeviceWarning",
     "load_sweep",
     "sweep",
     "sweep_configurations",

@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -53,6 +54,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from eosflow.devices import cpu_cores
 from eosflow.gd import GDState, gd_wd_step, update_is_finite
 from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import flatten_loss
@@ -68,7 +70,15 @@ from eosflow.simulate import (
 
 Array = jax.Array
 
-__all__ = ["SweepConfig", "configurations", "sweep", "take_config", "load_sweep", "config_mesh"]
+__all__ = [
+    "SweepConfig",
+    "SingleDeviceWarning",
+    "configurations",
+    "sweep",
+    "take_config",
+    "load_sweep",
+    "config_mesh",
+]
 
 #: Per-record fields of a :class:`~eosflow.Trajectory` (leading axes ``(B, T)`` in a sweep);
 #: ``theta`` is derived from ``w`` and ``norm``.
@@ -254,6 +264,32 @@ def _validate_points(loss, W0, w_like, cfg, distinct, check_invariance) -> np.nd
                     "eosflow.scale_invariant(f), or pass check_invariance=False to run anyway"
                 )
     return values
+
+
+class SingleDeviceWarning(UserWarning):
+    """``sweep`` runs on one CPU device of a multi-core machine (see :func:`_hint_cpu_devices`)."""
+
+
+_HINTED = []
+
+
+def _hint_cpu_devices(devs) -> None:
+    """Once per process: a hint when a sweep runs on JAX's single CPU device while the machine
+    has several cores. One device runs the batch as one stream of kernels on about one core;
+    ``eosflow.use_cpu_devices()`` makes each core a device and the sweep shards over them (2-core
+    CPU, B = 64: 2.2-2.4x against 0.6-0.9x sequential ``simulate`` on matrix completion, 3.7x
+    against 1.8-2.3x on linear regression d = 5000; docs/benchmarks.md). Silence it with
+    ``warnings.filterwarnings("ignore", category=eosflow.SingleDeviceWarning)``."""
+    if _HINTED or len(devs) != 1 or devs[0].platform != "cpu" or (cores := cpu_cores()) < 2:
+        return
+    _HINTED.append(True)
+    warnings.warn(
+        f"sweep: running on 1 CPU device of a {cores}-core machine; call "
+        "eosflow.use_cpu_devices() right after `import eosflow` to shard the configurations over "
+        "the cores (often ~2x faster)",
+        SingleDeviceWarning,
+        stacklevel=3,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -597,7 +633,9 @@ def sweep(
         :class:`eosflow.runio.Progress`).
       shard: shard the configuration axis over ``devices`` (default ``jax.devices()``) when there
         are several; ``False`` runs on the default device.
-      devices: the devices to shard over (default all).
+      devices: the devices to shard over (default all). On a multi-core CPU with JAX's single CPU
+        device, the first sweep of the process warns (:class:`SingleDeviceWarning`) that
+        :func:`eosflow.use_cpu_devices` would shard it over the cores.
       check_invariance: check ``L(cw) = L(w)`` at every distinct ``w0``.
       on_chunk: called as ``on_chunk(index, steps_done)`` after each *computed* (and saved) chunk;
         an exception it raises stops the sweep (a resumable interruption).
@@ -647,6 +685,8 @@ def sweep(
 
     # Devices: pad B to a multiple of the device count, shard the configuration axis.
     devs = jax.devices() if devices is None else list(devices)
+    if shard and devices is None and B > 1:
+        _hint_cpu_devices(devs)
     mesh = config_mesh(devs) if shard and len(devs) > 1 else None
     Bp = -(-B // len(devs)) * len(devs) if mesh is not None else B
     pad = lambda x: np.concatenate([x, np.repeat(x[-1:], Bp - B, axis=0)]) if Bp > B else x

@@ -151,6 +151,11 @@ def test_bad_inputs_name_the_configuration():
         sweep(LOSS, W, LRS, 0.01, 10, grid=False, progress=False)
     with pytest.raises(ValueError, match="not scale-invariant"):
         sweep(lambda w: jnp.sum(w**2), W0, LRS, 0.01, 10, progress=False)
+    # a shared w0 (checked once, not per row): the error is about w0 itself
+    with pytest.raises(ValueError, match=r"^sweep: w0 is zero"):
+        sweep(LOSS, jnp.zeros(30), LRS, 0.01, 10, progress=False)
+    with pytest.raises(ValueError, match=r"^sweep: w0 contains NaN or Inf"):
+        sweep(LOSS, W0.at[3].set(jnp.nan), LRS, 0.01, 10, progress=False)
     with pytest.raises(ValueError, match="multiple of record_every"):
         sweep(LOSS, W0, LRS, 0.01, 10, chunk=3, record_every=2, progress=False)
     with pytest.raises(ValueError, match="seeds needs init_fn"):

@@ -11,12 +11,12 @@ Speed: the loss is computed on the dense ``UVᵀ`` with a 0/1 mask instead of ga
 entries. On CPU the gather's transpose (a scatter-add) dominates the step; the dense form is a
 ``m×k×n`` matmul and elementwise ops (see ``docs/benchmarks.md``). Its gradient is written out
 (a ``jax.custom_jvp`` whose rule returns the closed-form BN backward pass): XLA's CPU runtime
-pays about a microsecond per op of the compiled step, and a GD step has 23 ops with this rule
-against 30 with autodiff (one shared reduction for the three sums, no transposed reductions):
-62.7 against 72.6 µs per step in a bare scan on a 2-core CPU. Higher derivatives (Hessian-vector products, the flow's third derivatives) are
-autodiff of that closed-form gradient; tests check them against the gathered loss, which is
-plain autodiff. ``residual`` gathers, since
-the Gauss–Newton fast path needs the ``|Ω|`` residuals themselves.
+pays about a microsecond per op of the compiled step, and a GD step compiles to 23 ops with this
+rule against 30 with autodiff (the three sums of the backward pass share one reduction): 62.7
+against 72.6 µs per step in a bare scan on a 2-core CPU. Higher derivatives (Hessian-vector
+products, the flow's third derivatives) are autodiff of that closed-form gradient; tests check
+them against the gathered loss, which is plain autodiff. ``residual`` gathers, since the
+Gauss–Newton fast path needs the ``|Ω|`` residuals themselves.
 
 Test loss (Figure 1a): MSE over *all* entries of ``M``, applying the training normalization
 (``μ_p, σ_p`` from ``Ω``) to the full ``UVᵀ``.
@@ -99,6 +99,11 @@ def matrix_completion_bn(data: MatrixCompletionData) -> ResidualLoss:
     """The scale-invariant training loss of Figure 1 (dense-mask implementation).
 
     ``L(w) = (1/|Ω|) Σ_Ω (σ_M (p − μ_p)/σ_p + μ_M − M_ij)²`` with ``p = [UVᵀ]_Ω``.
+
+    Gradient (the ``custom_jvp`` rule, BN's backward pass in closed form): with
+    ``z = (P − μ_p)/σ_p`` and ``R = σ_M z − (M − μ_M)`` on ``Ω`` (0 elsewhere),
+    ``∂L/∂P = G = (2σ_M / (|Ω| σ_p)) · 1_Ω ⊙ (R − mean_Ω R − z · mean_Ω(R z))``,
+    ``∇_U L = G V``, ``∇_V L = Gᵀ U``.
 
     Returns:
       a :class:`ResidualLoss` on flat ``w`` of size ``(m + n) k``; ``residual`` gives the ``|Ω|``

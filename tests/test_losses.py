@@ -507,6 +507,20 @@ def test_toy3d_flattest_point():
         toy3d(1.0)
 
 
+def test_toy3d_keeps_float32():
+    # The rotation is stored in float64 (x64 on); a float32 w must give a float32 loss, gradient
+    # and residual (it promoted to float64 before), equal to the float64 values to float32
+    # round-off.
+    loss = toy3d()
+    w64 = _random_w(21, 3)
+    w32 = w64.astype(jnp.float32)
+    v32, g32 = jax.value_and_grad(loss)(w32)
+    assert v32.dtype == g32.dtype == loss.residual(w32).dtype == jnp.float32
+    v64, g64 = jax.value_and_grad(loss)(w64)
+    np.testing.assert_allclose(v32, v64, rtol=1e-5)
+    np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g64))))
+
+
 # --------------------------------------------------------------------------------------------
 # Data generators (once each, small: eager jax.random is slow to compile)
 # --------------------------------------------------------------------------------------------

@@ -72,13 +72,19 @@ def toy3d(c: float = 2.0, rotation=None) -> ResidualLoss:
     R = _rot(rotation)
     a, b = R[0], R[2]
 
-    def residual(w: Array) -> Array:
+    def _ab(w: Array):
+        # The rotation is stored in the default float dtype; compute in w's (a float32 run stays
+        # float32 instead of promoting to float64 under x64).
         theta = w / jnp.linalg.norm(w)
-        return (jnp.sqrt(c + theta @ a) * (theta @ b))[None]
+        return theta @ a.astype(theta.dtype), theta @ b.astype(theta.dtype)
+
+    def residual(w: Array) -> Array:
+        ta, tb = _ab(w)
+        return (jnp.sqrt(c + ta) * tb)[None]
 
     def loss(w: Array) -> Array:
-        theta = w / jnp.linalg.norm(w)
-        return (c + theta @ a) * jnp.square(theta @ b)
+        ta, tb = _ab(w)
+        return (c + ta) * jnp.square(tb)
 
     return ResidualLoss(loss=loss, residual=residual, name=f"toy3d(c={c})")
 

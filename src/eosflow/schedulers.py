@@ -60,6 +60,7 @@ from eosflow.params import flatten_loss
 from eosflow.simulate import (
     _finish,
     _run,
+    _scalar,
     _trajectory,
     _validate_run,
     validate_hyperparams,
@@ -231,12 +232,12 @@ def _simulate_scheduled(
             "eosflow.RMSpropHparams(eta, beta, eps)"
         )
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(w0))
-    hparams = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), hparams)
+    hparams = jax.tree_util.tree_map(lambda x: _scalar(x, dtype), hparams)
     traj = _scheduled_compiled(
         loss,
         w0,
-        jnp.asarray(lr, dtype),
-        jnp.asarray(wd, dtype),
+        _scalar(lr, dtype),
+        _scalar(wd, dtype),
         hparams,
         scheduler=scheduler,
         steps=int(steps),

@@ -117,6 +117,14 @@ def _is_tracer(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _scalar(x, dtype):
+    """``x`` as a ``dtype`` array for the compiled call: NumPy for host values (an eager
+    ``jnp.asarray`` costs a dispatch, ~0.15 ms each on a CPU), JAX for arrays and tracers."""
+    if isinstance(x, int | float | np.generic | np.ndarray):
+        return np.asarray(x, dtype)
+    return jnp.asarray(x, dtype)
+
+
 def validate_hyperparams(lr, wd, where: str = "simulate") -> None:
     """Raise ``ValueError`` unless ``lr > 0``, ``wd >= 0`` and ``0 <= lr·wd < 1`` (concrete values)."""
     if _is_tracer(lr) or _is_tracer(wd):
@@ -406,8 +414,7 @@ def _simulate(
     _validate_run(loss, w0, steps, record_every, sharpness_every, check_invariance, where)
     validate_hyperparams(lr, wd, where)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(w0))
-    lr = jnp.asarray(lr, dtype)
-    wd = jnp.asarray(wd, dtype)
+    lr, wd = _scalar(lr, dtype), _scalar(wd, dtype)
     traj = _simulate_compiled(
         loss,
         w0,

@@ -61,9 +61,8 @@ def gd_wd_step(
     """
     w = state.w
     value, g = jax.value_and_grad(loss)(w)
-    # ||w|| and ||∇L(w)|| from one reduction (one op of the compiled step instead of two).
-    norm, gnorm = jnp.sqrt(jnp.sum(jnp.square(jnp.stack([w, g])), axis=1))
-    info = StepInfo(value, norm * gnorm, norm, effective_lr(norm, lr, wd))
+    norm = jnp.linalg.norm(w)
+    info = StepInfo(value, norm * jnp.linalg.norm(g), norm, effective_lr(norm, lr, wd))
     return GDState((1.0 - lr * wd) * w - lr * g), info
 
 

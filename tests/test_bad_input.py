@@ -2,6 +2,7 @@
 anything is compiled. One test per case; each checks the exception type and that the message
 names the offending argument."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,6 +21,14 @@ def test_loss_not_scale_invariant(sim):
     with pytest.raises(ValueError, match="not scale-invariant") as info:
         sim(lambda w: jnp.sum(w**2), W0, 0.1, 0.01, steps=10)
     assert "scale_invariant" in str(info.value)  # the message says how to fix it
+
+
+def test_loss_not_scale_invariant_under_jit():
+    # simulate jitted over lr/wd with a concrete, closed-over w0: the check still runs (at trace
+    # time) and names the problem; it used to fail with a ConcretizationTypeError instead.
+    run = jax.jit(lambda lr: eosflow.simulate(lambda w: jnp.sum(w**2), W0, lr, 0.01, steps=10).w)
+    with pytest.raises(ValueError, match="not scale-invariant"):
+        run(0.1)
 
 
 def test_almost_invariant_loss_is_rejected_above_tolerance():

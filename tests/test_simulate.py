@@ -300,6 +300,17 @@ def test_new_lr_wd_do_not_recompile():
     traces_cached = sum(traced) - n_traced  # only the abstract scalar check (jax.eval_shape)
     # ... and it did use the new hyperparameters
     np.testing.assert_allclose(float(b.eff_lr[0]), 0.03 / ((1 - 0.03 * 0.2) * float(w0 @ w0)))
+    # lr, wd given as NumPy scalars/arrays or JAX arrays (host values become NumPy arrays, the
+    # others JAX arrays): the same compiled program and the same trajectory, bit for bit; under
+    # jit (traced lr, wd) the same numbers to round-off.
+    kinds = (np.float64, np.asarray, jnp.asarray)
+    for kind in kinds:
+        c = eosflow.simulate(loss, w0, kind(0.03), kind(0.2), steps=50)
+        np.testing.assert_array_equal(np.asarray(c.w), np.asarray(b.w), err_msg=str(kind))
+        np.testing.assert_array_equal(np.asarray(c.loss), np.asarray(b.loss), err_msg=str(kind))
+    assert _simulate_compiled._cache_size() == size
+    jitted = jax.jit(lambda lr, wd: eosflow.simulate(TOY, w0, lr, wd, steps=50).w)
+    np.testing.assert_allclose(jitted(0.03, 0.2), np.asarray(b.w), rtol=1e-13)
     # a static change (steps) does compile again: both counters can tell the difference
     n_traced = sum(traced)
     eosflow.simulate(loss, w0, 0.03, 0.2, steps=51)

@@ -118,11 +118,13 @@ def _is_tracer(x) -> bool:
 
 
 def _scalar(x, dtype):
-    """``x`` as a ``dtype`` array for the compiled call: NumPy for host values (an eager
-    ``jnp.asarray`` costs a dispatch, ~0.15 ms each on a CPU), JAX for arrays and tracers."""
-    if isinstance(x, int | float | np.generic | np.ndarray):
-        return np.asarray(x, dtype)
-    return jnp.asarray(x, dtype)
+    """``x`` as a ``dtype`` array for the compiled call: a NumPy array for every concrete value
+    (Python, NumPy or JAX; an eager ``jnp.asarray`` costs a dispatch, ~0.15 ms each on a CPU),
+    a JAX array only for tracers. One kind for all concrete inputs matters: jit keys its cache
+    on NumPy vs JAX arguments too, so mixing them would compile the same program twice."""
+    if _is_tracer(x):
+        return jnp.asarray(x, dtype)
+    return np.asarray(x, dtype)
 
 
 def validate_hyperparams(lr, wd, where: str = "simulate") -> None:

@@ -101,10 +101,14 @@ def check_scale_invariance(
 ) -> float:
     """Measure how far ``loss`` is from scale-invariant at ``w``.
 
-    Computes ``max_c |L(c w) - L(w)| / (|L(w)| + floor)`` over ``c`` in ``scales``, in the dtype of
-    ``w``, with ``floor = eps ** 0.75`` of that dtype (1.8e-12 in float64): losses below ``floor``
-    count as fit, where round-off in the residuals dominates their relative change. A
-    scale-invariant loss gives round-off (~1e-15 in float64); one that is not gives order one.
+    Computes ``max_c |L(c w) - L(w)| / (|L(w)| + floor)`` over ``c`` in ``scales``: the loss in
+    the dtype of ``w``, the ratio on the host in float64, with ``floor = eps ** 0.75`` of ``w``'s
+    dtype (1.8e-12 in float64): losses below ``floor`` count as fit, where round-off in the
+    residuals dominates their relative change. A scale-invariant loss gives round-off (~1e-15 in
+    float64); one that is not gives order one.
+
+    ``w`` must be concrete. Inside a ``jax.jit`` trace (e.g. ``simulate`` jitted over ``lr`` with
+    a closed-over ``w0``) the check still runs, evaluated at trace time.
 
     Returns:
       the measured relative change, a Python float.
@@ -112,10 +116,11 @@ def check_scale_invariance(
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(w))
     floor = float(jnp.finfo(dtype).eps) ** 0.75
     scales = tuple(float(c) for c in scales)
-    try:
-        out = _scaled_values(loss, w, scales)
-    except TypeError:  # an unhashable loss cannot key the jit cache: evaluate eagerly
-        out = _scaled_values.__wrapped__(loss, w, scales)
+    with jax.ensure_compile_time_eval():  # concrete values even inside an outer trace
+        try:
+            out = _scaled_values(loss, w, scales)
+        except TypeError:  # an unhashable loss cannot key the jit cache: evaluate eagerly
+            out = _scaled_values.__wrapped__(loss, w, scales)
     # On the host: a few eager jnp ops would cost more than the compiled evaluation itself.
     base, vals = (np.asarray(x, dtype=np.float64) for x in jax.device_get(out))
     rel = np.abs(vals - base) / (np.abs(base) + floor)

@@ -42,15 +42,14 @@ def test_list_from_another_directory(tmp_path):
     assert "unavailable" not in r.stdout.split("matrix-completion-bn", 1)[1].splitlines()[0]
 
 
-def test_foreign_experiments_package_in_cwd_is_named(tmp_path):
-    """``python -m`` puts the cwd first on sys.path: a user's own ``experiments/`` shadows ours.
-    The command says so in one line instead of failing inside."""
+def test_foreign_experiments_package_in_cwd_is_ignored(tmp_path):
+    """``python -m`` puts the cwd first on sys.path; the experiments live in ``eosflow.experiments``,
+    so a user's own ``experiments/`` package there changes nothing."""
     (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "__init__.py").write_text("X = 1\n")
+    (tmp_path / "experiments" / "__init__.py").write_text("raise ImportError('not ours')\n")
     r = run_cli(["list"], cwd=tmp_path, timeout=120)
-    assert r.returncode == 2
-    assert_one_line_error(r.stderr)
-    assert "is not eosflow's" in r.stderr and str(tmp_path) in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "matrix-completion-bn" in r.stdout
 
 
 def test_installed_script_lists(tmp_path):

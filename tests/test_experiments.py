@@ -6,7 +6,7 @@
   the saved parameters with independent NumPy code: test MSE falls >= 10x from the fit step to the
   end, spherical sharpness falls, effective rank ends below 5; the no-WD ablation shows none of it.
   These hold at the default seed (0). They are *not* seed-robust (they hold for seeds 0, 1, 3 of
-  0-5 in quick mode): see ``experiments/README.md`` for the other seeds.
+  0-5 in quick mode): see ``src/eosflow/experiments/README.md`` for the other seeds.
 * Figure 3 (norm dynamics) — ``||w||`` rises exactly when ``||∇L(θ_t)||`` exceeds the threshold of
   eq. (1), checked against the saved arrays; the run has both phases and reaches EoS.
 * :func:`eosflow.runio.run_chunked` equals one :func:`eosflow.simulate` call bit for bit; an
@@ -302,7 +302,7 @@ def test_interrupted_experiment_leaves_readable_partial_arrays(tmp_path, monkeyp
     """Stop the norm-dynamics experiment after its third chunk (an exception from the saver, as
     Ctrl-C would): ``arrays.partial.npz`` holds exactly the first three chunks, equal to a direct
     simulate of that many steps; no final files, no temporary files."""
-    from experiments import norm_dynamics
+    from eosflow.experiments import norm_dynamics
 
     interrupt_after_chunks(monkeypatch, 3)
     cfg = norm_dynamics.default_config(True) | {"steps": 1000, "sharpness_every": 0}
@@ -411,7 +411,7 @@ def test_run_chunked_progress_goes_to_stderr(capfd):
 
 
 def test_experiment_modules_follow_the_contract():
-    import experiments
+    from eosflow import experiments
 
     entries = experiments.discover()
     for name in ("matrix-completion-bn", "norm-dynamics"):

@@ -89,7 +89,7 @@ def test_net_rejects_bad_settings_on_the_command_line(tmp_path):
     ],
 )
 def test_net_validate_config(change, match):
-    from experiments import net
+    from eosflow.experiments import net
 
     net.validate_config(net.default_config(True))
     with pytest.raises(ValueError, match=match):

@@ -1,4 +1,4 @@
-"""The ``eosflow`` command: list and run the paper's experiments (``experiments/``).
+"""The ``eosflow`` command: list and run the paper's experiments (:mod:`eosflow.experiments`).
 
 ``eosflow list`` shows the experiments; ``eosflow run NAME`` runs one, with a progress bar on
 stderr, and writes to its output folder (default ``runs/NAME``, ``runs/NAME-quick`` with
@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import eosflow
+from eosflow import experiments
 from eosflow.runio import ARRAYS, PARTIAL, SUMMARY, save_json
 
 __all__ = ["main", "build_parser"]
@@ -227,27 +228,7 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def _experiments():
-    """eosflow's ``experiments`` package. It ships as a top-level package, so a folder named
-    ``experiments`` on ``sys.path`` first (e.g. the current directory under ``python -m``) would
-    shadow it: refuse that with a clear message instead of failing somewhere inside."""
-    try:
-        import experiments
-    except ImportError as e:
-        raise UsageError(f"cannot import eosflow's experiments package: {e}") from None
-    if not (callable(getattr(experiments, "discover", None)) and hasattr(experiments, "get")):
-        where = getattr(experiments, "__file__", None) or list(getattr(experiments, "__path__", []))
-        raise UsageError(
-            f"the module 'experiments' found at {where} is not eosflow's (another folder or "
-            "package named 'experiments' shadows it); run eosflow from another directory or "
-            "use the installed 'eosflow' command"
-        )
-    return experiments
-
-
 def _cmd_list() -> int:
-    experiments = _experiments()
-
     entries = experiments.discover()
     if not entries:
         print("no experiments found")
@@ -259,8 +240,6 @@ def _cmd_list() -> int:
 
 
 def _cmd_run(args) -> int:
-    experiments = _experiments()
-
     try:
         module = experiments.get(args.name)
     except KeyError as e:

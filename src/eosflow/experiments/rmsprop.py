@@ -91,7 +91,7 @@ from eosflow.losses.matrix_completion import (
 from eosflow.optim import scalar_rmsprop, simulate_optax, simulate_rmsprop
 from eosflow.runio import Progress, RunRecorder
 from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
-from experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "rmsprop"
 DESCRIPTION = "scalar RMSprop at EoS on plain losses; Adam(W) / SGD+momentum on the BN losses"

@@ -64,7 +64,7 @@ from eosflow.losses import (
 )
 from eosflow.runio import RunRecorder
 from eosflow.sweep import sweep, take_config
-from experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "phase-diagram"
 DESCRIPTION = (

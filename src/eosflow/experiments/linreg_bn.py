@@ -38,7 +38,7 @@ from eosflow.losses import (
 )
 from eosflow.manifold import project_to_manifold
 from eosflow.runio import RunRecorder, run_chunked
-from experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "linreg-bn"
 DESCRIPTION = "linear regression with BN: GD+WD at EoS moves to the min-norm solution (M)"

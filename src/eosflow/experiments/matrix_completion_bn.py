@@ -55,7 +55,7 @@ from eosflow.losses import (
 from eosflow.runio import RunRecorder, run_chunked
 from eosflow.sharpness import hessian_top_eigs
 from eosflow.simulate import PER_RECORD
-from experiments._common import (
+from eosflow.experiments._common import (
     COLORS,
     LABELS,
     RUNS,

@@ -47,7 +47,7 @@ from eosflow.data import load_cifar10, load_digits
 from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
 from eosflow.runio import RunRecorder, run_chunked
 from eosflow.sharpness import hessian_top_eigs
-from experiments._common import (
+from eosflow.experiments._common import (
     COLORS,
     LABELS,
     RUNS,

@@ -34,7 +34,7 @@ from eosflow.losses import (
 )
 from eosflow.manifold import project_to_manifold
 from eosflow.runio import RunRecorder, run_chunked
-from experiments._common import as_float, load_arrays, load_summary, save_figure
+from eosflow.experiments._common import as_float, load_arrays, load_summary, save_figure
 
 NAME = "toy3d"
 DESCRIPTION = "3-D toy loss: GD+WD at EoS drifts along the minimizer curve to its flattest point"

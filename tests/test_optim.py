@@ -22,13 +22,10 @@ import optax
 import pytest
 
 import eosflow
-from eosflow import optim
-from eosflow.optim import (
-    measured_eff_lr,
-    scalar_rmsprop,
-    simulate_optax,
-    simulate_rmsprop,
-)
+from eosflow.driver import run_compiled
+from eosflow.eff_lr_fit import measured_eff_lr
+from eosflow.optim import scalar_rmsprop
+from eosflow.simulation import simulate_optax, simulate_rmsprop
 
 W0 = jnp.array([0.3, 0.5, 0.4])
 
@@ -206,9 +203,9 @@ def test_plain_sharpness_matches_dense_hessian():
 def test_rmsprop_hyperparameters_do_not_recompile():
     w0 = jnp.array([1.0, 1.0, 1.0])
     simulate_rmsprop(quad, w0, 0.01, 0.9, 1e-12, 50)
-    n = optim._optax_compiled._cache_size()
+    n = run_compiled._cache_size()
     simulate_rmsprop(quad, w0, 0.02, 0.5, 1e-8, 50, v0=1.0)
-    assert optim._optax_compiled._cache_size() == n
+    assert run_compiled._cache_size() == n
 
 
 def test_scalar_rmsprop_is_an_optax_transformation():

@@ -16,9 +16,10 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import eosflow
+from eosflow import NonFiniteError
+from eosflow.driver import run_compiled as _simulate_compiled
 from eosflow.losses import linear_regression_bn, scale_invariant, toy3d
 from eosflow.sharpness import dense_hessian, hessian_top_eigs
-from eosflow.simulate import NonFiniteError, _simulate_compiled
 
 LR, WD = 0.1, 0.01
 N, D = 40, 200

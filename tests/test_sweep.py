@@ -1,4 +1,4 @@
-"""eosflow.sweep: many GD+WD runs in one compiled call (issue 6).
+"""eosflow.sweep (eosflow.sweeps): many GD+WD runs in one compiled call (issue 6).
 
 References are independent :func:`eosflow.simulate` runs, one per configuration. Tolerances:
 sweep vs simulate and sharded vs unsharded agree to round-off, ``max_t |a_t − b_t| <= tol ·
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import eosflow
-from eosflow.sweep import configurations, load_sweep, sweep, take_config
+from eosflow.sweeps import configurations, load_sweep, sweep, take_config
 
 FIELDS = ("w", "theta", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
 LRS, WDS = [0.1, 0.2], [0.01, 0.02, 0.05]
@@ -200,18 +200,17 @@ SHARDED = textwrap.dedent(
     import eosflow
     assert eosflow.use_cpu_devices(4) == 4  # the public switch (jax_num_cpu_devices)
     eosflow.enable_x64()
-    import eosflow.sweep
-    S = sys.modules["eosflow.sweep"]  # the module, even if eosflow re-exports the function
+    import eosflow.sweeps.batched as S
     assert jax.device_count() == 4, jax.devices()
     data = eosflow.make_linear_regression_data(jax.random.PRNGKey(0), n=10, d=30)
     loss = eosflow.linear_regression_bn(data.X, data.y)
     w0 = jax.random.normal(jax.random.PRNGKey(1), (30,))
     seen = []
-    to_host = S._to_host_tree
+    to_host = S.to_host_tree
     def spy(tree):
         seen.extend(len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(tree))
         return to_host(tree)
-    S._to_host_tree = spy
+    S.to_host_tree = spy
     kw = dict(record_every=2, sharpness_every=4, progress=False)
     a = S.sweep(loss, w0, [0.1, 0.2], [0.01, 0.02, 0.05], 150, **kw)
     b = np.load(sys.argv[1])  # the parent's single-device sweep
@@ -243,10 +242,11 @@ def test_repeated_sweep_reuses_every_compiled_program():
     per-call fixed cost): the jit caches keep their sizes, the Python caches only get hits."""
     import eosflow.losses.base as B
     import eosflow.params as Pm
+    import eosflow.sweeps.batched as S
+    import eosflow.sweeps.config as C
 
-    S = sys.modules["eosflow.sweep"]  # the module (eosflow.sweep is also the function)
-    fns = (S._sweep_chunk, S._batched_values, B._scaled_values)
-    caches = (S._default_v0_host, Pm._output_struct)
+    fns = (S.sweep_chunk, C._batched_values, B._scaled_values)
+    caches = (Pm._output_struct,)
     sweep(LOSS, W0, LRS, WDS, 20, progress=False)
     before = [f._cache_size() for f in fns]
     misses = [c.cache_info().misses for c in caches]
@@ -260,7 +260,8 @@ def test_repeated_sweep_reuses_every_compiled_program():
 def test_single_cpu_device_on_a_multicore_machine_hints_once(monkeypatch):
     """One SingleDeviceWarning per process, naming eosflow.use_cpu_devices; none when the caller
     chose the devices, when the machine has one core, or for a single configuration."""
-    S = sys.modules["eosflow.sweep"]
+    import eosflow.sweeps.config as S
+
     if len(jax.devices()) != 1 or jax.devices()[0].platform != "cpu":
         pytest.skip("needs JAX's single CPU device")
     monkeypatch.setattr(S, "cpu_cores", lambda: 4)
@@ -311,7 +312,7 @@ TWO_PROCESSES = textwrap.dedent(
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
     jax.config.update("jax_enable_x64", True)
     import numpy as np, eosflow
-    from eosflow.sweep import sweep
+    from eosflow.sweeps import sweep
     assert jax.process_count() == 2 and jax.device_count() == 4
     data = eosflow.make_linear_regression_data(jax.random.PRNGKey(0), n=10, d=30)
     loss = eosflow.linear_regression_bn(data.X, data.y)

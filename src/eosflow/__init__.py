@@ -9,7 +9,18 @@ analysis of Theorem 4.7.
 Turn on float64 for theory checks: ``eosflow.enable_x64()`` (see :mod:`eosflow.precision`).
 """
 
-from eosflow import analysis, flow, losses, manifold, ode, optim, schedulers
+from eosflow import (
+    analysis,
+    driver,
+    dynamics,
+    flow,
+    losses,
+    manifold,
+    ode,
+    optim,
+    schedulers,
+    sweeps,
+)
 from eosflow.analysis import (
     OscillationResult,
     TrackingResult,
@@ -18,9 +29,12 @@ from eosflow.analysis import (
     tracking,
 )
 from eosflow.devices import cpu_cores, use_cpu_devices
+from eosflow.driver import RunState
+from eosflow.dynamics import Dynamics, SphereHparams, gd_wd, sphere_dynamics
+from eosflow.eff_lr_fit import measured_eff_lr
 from eosflow.eos import eos_onset, fit_step
 from eosflow.flow import FlowError, FlowSolution, flow_vector_field, sharpness_reduction_flow
-from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
+from eosflow.gd import GDState, GDWDHparams, StepInfo, effective_lr, gd_wd_step
 from eosflow.losses import (
     ResidualLoss,
     check_scale_invariance,
@@ -41,17 +55,10 @@ from eosflow.manifold import (
     project_tangent,
     project_to_manifold,
 )
-from eosflow.optim import (
-    OptimRun,
-    measured_eff_lr,
-    scalar_rmsprop,
-    simulate_optax,
-    simulate_rmsprop,
-)
+from eosflow.optim import OptimRun, from_optax, scalar_rmsprop
 from eosflow.precision import enable_x64, x64_enabled
 from eosflow.schedulers import (
     EffLRScheduler,
-    GDWDHparams,
     RMSpropHparams,
     gd_wd_scheduler,
     quasi_rmsprop_check,
@@ -69,16 +76,12 @@ from eosflow.sharpness import (
     power_iteration,
     spherical_sharpness,
 )
-from eosflow.simulate import (
-    NonFiniteError,
-    Trajectory,
-    simulate,
-    simulate_sphere,
-    validate_hyperparams,
-)
+from eosflow.simulation import simulate, simulate_optax, simulate_rmsprop, simulate_sphere
 from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, sphere_step
-from eosflow.sweep import SingleDeviceWarning, SweepConfig, load_sweep, sweep, take_config
-from eosflow.sweep import configurations as sweep_configurations
+from eosflow.sweeps import SingleDeviceWarning, SweepConfig, load_sweep, sweep, take_config
+from eosflow.sweeps import configurations as sweep_configurations
+from eosflow.trajectory import NonFiniteError, Trajectory
+from eosflow.validation import validate_hyperparams
 
 __version__ = "0.1.0"
 
@@ -176,6 +179,14 @@ __all__ = [
     "sphere_step",
     "optim",
     "schedulers",
+    "driver",
+    "dynamics",
+    "Dynamics",
+    "RunState",
+    "SphereHparams",
+    "gd_wd",
+    "sphere_dynamics",
+    "from_optax",
     "OptimRun",
     "measured_eff_lr",
     "scalar_rmsprop",
@@ -192,6 +203,7 @@ __all__ = [
     "load_sweep",
     "sweep",
     "sweep_configurations",
+    "sweeps",
     "take_config",
     *_LAZY,
 ]

@@ -16,13 +16,20 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-__all__ = ["GDState", "StepInfo", "gd_wd_step", "effective_lr", "update_is_finite"]
+__all__ = ["GDState", "GDWDHparams", "StepInfo", "gd_wd_step", "effective_lr", "update_is_finite"]
 
 
 class GDState(NamedTuple):
     """State of GD+WD: the flat parameter vector ``w_t`` (shape ``(D,)``)."""
 
     w: Array
+
+
+class GDWDHparams(NamedTuple):
+    """Hyperparameters of GD+WD, eq. (1): learning rate ``η̂ = lr`` and weight decay ``λ̂ = wd``."""
+
+    lr: Array
+    wd: Array
 
 
 class StepInfo(NamedTuple):

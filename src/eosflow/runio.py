@@ -36,7 +36,8 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from eosflow.simulate import PER_RECORD, NonFiniteError, Trajectory, simulate
+from eosflow.simulation import simulate
+from eosflow.trajectory import PER_RECORD, NonFiniteError, Trajectory
 
 __all__ = [
     "Progress",

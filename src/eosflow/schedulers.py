@@ -40,7 +40,7 @@ What our code assumes (the paper's precise conditions are in the unavailable App
    only the past (GD+WD).
 3. Nothing enforces the Quasi-RMSprop shape; :func:`quasi_rmsprop_check` tests it numerically for
    a rule (growth under ``g = 0``, shrinkage under a large gradient).
-4. :func:`eosflow.simulate_sphere` hands every scheduler ``η̃_0 = lr/((1−lr·wd)||w0||²)``
+4. :func:`eosflow.dynamics.sphere_dynamics` (and :func:`eosflow.simulate_sphere`) hand every scheduler ``η̃_0 = lr/((1−lr·wd)||w0||²)``
    (Lemma 3.1) as ``eff_lr0``; :data:`scalar_rmsprop_scheduler` starts from the ``v_0`` whose
    step size is ``η̃_0``: ``v_0 = max((η/η̃_0)² − ε, 0)``.
 """
@@ -48,23 +48,13 @@ What our code assumes (the paper's precise conditions are in the unavailable App
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eosflow.gd import StepInfo, effective_lr
-from eosflow.params import flatten_loss
-from eosflow.simulate import (
-    _finish,
-    _run,
-    _scalar,
-    _trajectory,
-    _validate_run,
-    validate_hyperparams,
-)
+from eosflow.gd import GDWDHparams, StepInfo
 from eosflow.sphere import gd_wd_eff_lr_update, norm_from_eff_lr
 
 Array = jax.Array
@@ -78,6 +68,7 @@ __all__ = [
     "gd_wd_scheduler",
     "scalar_rmsprop_scheduler",
     "scheduled_sphere_step",
+    "scheduler_norm",
     "quasi_rmsprop_check",
 ]
 
@@ -95,13 +86,6 @@ class EffLRScheduler(NamedTuple):
     init: Callable[[Array, Any], Any]
     update: Callable[[Any, Array, Any], tuple[Any, Array]]
     norm: Callable[[Any, Any], Array] | None = None
-
-
-class GDWDHparams(NamedTuple):
-    """Hyperparameters of :data:`gd_wd_scheduler`: learning rate ``η̂`` and weight decay ``λ̂``."""
-
-    lr: Array
-    wd: Array
 
 
 class RMSpropHparams(NamedTuple):
@@ -166,86 +150,16 @@ def scheduled_sphere_step(
     g2 = jnp.sum(jnp.square(g))
     sched, eta = scheduler.update(state.sched, g2, hparams)
     v = theta - eta * g
-    norm = _norm(scheduler, state.sched, hparams, theta.dtype)
+    norm = scheduler_norm(scheduler, state.sched, hparams, theta.dtype)
     info = StepInfo(value, jnp.sqrt(g2), norm, eta)
     return ScheduledSphereState(v / jnp.linalg.norm(v), sched), info
 
 
-def _norm(scheduler, sched, hparams, dtype):
+def scheduler_norm(scheduler: EffLRScheduler, sched: Any, hparams: Any, dtype) -> Array:
+    """The ``||w_t||`` a rule's state implies (``scheduler.norm``), or 1 when it has none."""
     if scheduler.norm is None:
         return jnp.ones((), dtype)
     return scheduler.norm(sched, hparams)
-
-
-@partial(
-    jax.jit,
-    static_argnames=("loss", "scheduler", "steps", "record_every", "sharpness_every",
-                     "lanczos_iter"),
-)  # fmt: skip
-def _scheduled_compiled(
-    loss, w0, lr, wd, hparams, *, scheduler, steps, record_every, sharpness_every, lanczos_iter
-):
-    f, flat, unravel = flatten_loss(loss, w0)
-    norm0 = jnp.linalg.norm(flat)
-    state0 = ScheduledSphereState(
-        flat / norm0, scheduler.init(effective_lr(norm0, lr, wd), hparams)
-    )
-    step_fn = lambda f, s, hp, _: scheduled_sphere_step(scheduler, f, s, hp)
-    to_w = lambda s, hp, _: s.theta * _norm(scheduler, s.sched, hp, s.theta.dtype)
-    carry, t, w, info, lam = _run(
-        f,
-        step_fn,
-        state0,
-        to_w,
-        hparams,
-        None,
-        steps=steps,
-        record_every=record_every,
-        sharpness_every=sharpness_every,
-        lanczos_iter=lanczos_iter,
-    )
-    w_final = unravel(to_w(carry.state, hparams, None))
-    return _trajectory(t, w, info, lam, w_final, lr, wd, carry.bad)
-
-
-def _simulate_scheduled(
-    loss, w0, lr, wd, steps, *, scheduler, hparams, record_every, sharpness_every,
-    check_invariance, on_nonfinite, lanczos_iter,
-):  # fmt: skip
-    """:func:`eosflow.simulate_sphere` with ``scheduler`` (called from there)."""
-    where = "simulate_sphere"
-    if on_nonfinite not in ("raise", "return"):
-        raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'return', got {on_nonfinite!r}")
-    scheduler = gd_wd_scheduler if scheduler is None else scheduler
-    if not isinstance(scheduler, EffLRScheduler):
-        raise TypeError(
-            f"{where}: scheduler must be an eosflow.EffLRScheduler(init, update[, norm]), "
-            f"got {type(scheduler).__name__}"
-        )
-    _validate_run(loss, w0, steps, record_every, sharpness_every, check_invariance, where)
-    validate_hyperparams(lr, wd, where)
-    if hparams is None:
-        hparams = GDWDHparams(lr, wd)
-    if scheduler is scalar_rmsprop_scheduler and not isinstance(hparams, RMSpropHparams):
-        raise TypeError(
-            f"{where}: scalar_rmsprop_scheduler needs scheduler_hparams="
-            "eosflow.RMSpropHparams(eta, beta, eps)"
-        )
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(w0))
-    hparams = jax.tree_util.tree_map(lambda x: _scalar(x, dtype), hparams)
-    traj = _scheduled_compiled(
-        loss,
-        w0,
-        _scalar(lr, dtype),
-        _scalar(wd, dtype),
-        hparams,
-        scheduler=scheduler,
-        steps=int(steps),
-        record_every=int(record_every),
-        sharpness_every=int(sharpness_every),
-        lanczos_iter=int(lanczos_iter),
-    )
-    return _finish(traj, on_nonfinite, where)
 
 
 class QuasiRMSpropCheck(NamedTuple):

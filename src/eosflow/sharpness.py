@@ -34,6 +34,7 @@ Array = jax.Array
 __all__ = [
     "EigResult",
     "Sharpness",
+    "default_v0",
     "hvp",
     "power_iteration",
     "lanczos",
@@ -75,9 +76,14 @@ def hvp(loss: Callable, w: Array, v: Array) -> Array:
     return jax.jvp(jax.grad(loss), (w,), (v,))[1]
 
 
-def _default_v0(D: int, dtype) -> Array:
+def default_v0(D: int, dtype) -> Array:
+    """The fixed, deterministic unit start vector of every Lanczos/power run without a warm
+    start: a standard normal draw from ``PRNGKey(0)``, normalized (``(D,)``, ``dtype``)."""
     v = jax.random.normal(jax.random.PRNGKey(0), (D,), dtype)
     return v / jnp.linalg.norm(v)
+
+
+_default_v0 = default_v0
 
 
 def power_iteration(
@@ -322,7 +328,7 @@ def hessian_top_eigs(
       an :class:`EigResult`.
     """
     matvec, flat = _loss_matvec(loss, w, normalize=False)
-    v0 = _default_v0(flat.shape[0], flat.dtype) if v0 is None else v0
+    v0 = default_v0(flat.shape[0], flat.dtype) if v0 is None else v0
     if method == "lanczos":
         return lanczos_top_eigs(matvec, v0, k, tol=1e-10 if tol is None else tol, num_iter=num_iter)
     if method == "power":

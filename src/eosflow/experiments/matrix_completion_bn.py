@@ -44,17 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.eos import eos_onset
-from eosflow.losses import (
-    effective_rank,
-    make_matrix_completion_data,
-    matrix_completion_bn,
-    matrix_completion_test_mse,
-    singular_values,
-    split_factors,
-)
-from eosflow.runio import RunRecorder, run_chunked
-from eosflow.sharpness import hessian_top_eigs
-from eosflow.simulate import PER_RECORD
 from eosflow.experiments._common import (
     COLORS,
     LABELS,
@@ -66,6 +55,17 @@ from eosflow.experiments._common import (
     new_figure,
     save_figure,
 )
+from eosflow.losses import (
+    effective_rank,
+    make_matrix_completion_data,
+    matrix_completion_bn,
+    matrix_completion_test_mse,
+    singular_values,
+    split_factors,
+)
+from eosflow.runio import RunRecorder, run_chunked
+from eosflow.sharpness import hessian_top_eigs
+from eosflow.trajectory import PER_RECORD
 
 NAME = "matrix-completion-bn"
 DESCRIPTION = "matrix completion with BN: GD+WD lowers sharpness, rank and test MSE after fitting"

@@ -44,9 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.data import load_cifar10, load_digits
-from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
-from eosflow.runio import RunRecorder, run_chunked
-from eosflow.sharpness import hessian_top_eigs
 from eosflow.experiments._common import (
     COLORS,
     LABELS,
@@ -58,6 +55,9 @@ from eosflow.experiments._common import (
     new_figure,
     save_figure,
 )
+from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
+from eosflow.runio import RunRecorder, run_chunked
+from eosflow.sharpness import hessian_top_eigs
 
 NAME = "net"
 DESCRIPTION = "scale-invariant net (MLP/VGG-11), full-batch GD+WD: sharpness and test accuracy"

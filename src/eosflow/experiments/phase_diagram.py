@@ -2,7 +2,7 @@
 
 Linear regression with BatchNorm (Section 5; :func:`eosflow.losses.linear_regression_bn`), one
 ``w0 ~ N(0, init_scale² I)`` shared by every configuration, a grid of learning rates ``η̂`` and
-weight decays ``λ̂``, all run by one :func:`eosflow.sweep.sweep` (one compiled program, sharded
+weight decays ``λ̂``, all run by one :func:`eosflow.sweep` (one compiled program, sharded
 over the available devices). Each run is recorded every ``every`` steps, spherical sharpness
 included. Per configuration:
 
@@ -57,14 +57,14 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from eosflow.eos import eos_onset
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.losses import (
     linear_regression_bn,
     make_linear_regression_data,
     relative_distance_to_min_norm,
 )
 from eosflow.runio import RunRecorder
-from eosflow.sweep import sweep, take_config
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.sweeps import sweep, take_config
 
 NAME = "phase-diagram"
 DESCRIPTION = (

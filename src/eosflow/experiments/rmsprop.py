@@ -75,6 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.losses import (
     linear_regression_bn,
     make_linear_regression_data,
@@ -88,10 +89,10 @@ from eosflow.losses.matrix_completion import (
     singular_values,
     split_factors,
 )
-from eosflow.optim import scalar_rmsprop, simulate_optax, simulate_rmsprop
+from eosflow.optim import scalar_rmsprop
 from eosflow.runio import Progress, RunRecorder
-from eosflow.sharpness import _default_v0, hvp, lanczos_top_eigs
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.sharpness import default_v0, hvp, lanczos_top_eigs
+from eosflow.simulation import simulate_optax, simulate_rmsprop
 
 NAME = "rmsprop"
 DESCRIPTION = "scalar RMSprop at EoS on plain losses; Adam(W) / SGD+momentum on the BN losses"
@@ -218,7 +219,7 @@ def _lanczos_top(loss, spherical: bool):
 
     def series(ws):
         ws = np.asarray(ws)
-        v = _default_v0(ws.shape[1], ws.dtype)
+        v = default_v0(ws.shape[1], ws.dtype)
         lam, vec = [], []
         for w in ws:
             lam_i, v = one(w, v)

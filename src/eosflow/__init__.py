@@ -98,7 +98,7 @@ _LAZY = {
     "Dataset": ("eosflow.data", "Dataset"),
     "load_digits": ("eosflow.data", "load_digits"),
     "load_cifar10": ("eosflow.data", "load_cifar10"),
-    "run_chunked": ("eosflow.runio", "run_chunked"),
+    "run_chunked": ("eosflow.chunks", "run_chunked"),
     "RunRecorder": ("eosflow.runio", "RunRecorder"),
 }
 

@@ -27,7 +27,7 @@ from eosflow.sharpness import default_v0, hvp, lanczos_top_eigs
 Array = jax.Array
 
 __all__ = [
-    "RunState", "Records", "init_run_state", "host_run_state", "default_v1_host", "run_records",
+    "RunState", "Records", "init_run_state", "start_run_state", "host_run_state", "default_v1_host", "run_records",
     "run_compiled", "all_finite",
 ]  # fmt: skip
 
@@ -220,22 +220,30 @@ def _packer():
     return pack, unpack
 
 
+@partial(jax.jit, static_argnames=("loss", "dynamics"))
+def start_run_state(loss, dynamics: Dynamics, w0, hparams) -> RunState:
+    """The compiled :func:`init_run_state` of a user's loss and ``w0`` (array or pytree)."""
+    return init_run_state(dynamics, flatten_loss(loss, w0)[1], hparams)
+
+
 @partial(
     jax.jit,
     static_argnames=(
-        "loss", "dynamics", "steps", "n_rec", "record_every", "sharpness_every", "lanczos_iter",
+        "loss", "dynamics", "n_rec", "record_every", "sharpness_every", "lanczos_iter",
         "full_records",
     ),
 )  # fmt: skip
 def run_compiled(
-    loss, dynamics: Dynamics, w0, hparams, rs: RunState | None = None, *, steps: int, n_rec: int,
+    loss, dynamics: Dynamics, w0, hparams, rs: RunState | None = None, *, steps, n_rec: int,
     record_every: int, sharpness_every: int, lanczos_iter: int, full_records: bool,
 ):  # fmt: skip
     """One compiled call of :func:`run_records` on a user's loss and ``w0`` (array or pytree).
 
     Starts at :func:`init_run_state` when ``rs`` is ``None``, else continues ``rs`` (then ``w0``
-    only gives the structure). The loss and the dynamics are static (keyed by identity: keep the
-    same objects to reuse the compiled program); ``w0``, ``hparams`` and ``rs`` are traced.
+    only gives the structure). ``steps`` is the run's global end step (traced; it matters only
+    when a record's inner loop is cut short). The loss and the dynamics are static (keyed by
+    identity: keep the same objects to reuse the compiled program); ``w0``, ``hparams``, ``rs``
+    and ``steps`` are traced.
 
     Returns:
       ``(RunState, Records, w_final)``, ``w_final`` with the structure of ``w0``.

@@ -3,12 +3,7 @@
 The experiments (``experiments/``, the ``eosflow run`` command) compute, save, then plot. This
 module holds the machinery they share, and nothing paper-specific:
 
-* :func:`run_chunked` runs :func:`eosflow.simulate` in chunks of ``chunk`` steps, each chunk
-  starting from the previous chunk's ``w_final``, and returns one :class:`~eosflow.Trajectory`
-  with global step numbers. Between chunks it reports progress on stderr and calls ``on_chunk`` so
-  the caller can save what has been computed so far. Same ops, same order: the concatenated ``w``,
-  ``loss``, ... equal one long :func:`~eosflow.simulate` call bit for bit (tested); only the
-  sharpness' Lanczos warm start is reset at each chunk, which changes it at round-off level.
+* :class:`Progress`: the progress bar of long runs (chunked runs are in :mod:`eosflow.chunks`).
 * :func:`save_npz`, :func:`save_json`, :func:`save_bytes`: atomic writes (a temporary file in the same folder, then
   ``os.replace``), so a reader never sees a half-written file, even if the run is killed.
 * :class:`RunRecorder`: one run's output folder: rewrites ``arrays.partial.npz`` as results come
@@ -36,8 +31,7 @@ import jax
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from eosflow.simulation import simulate
-from eosflow.trajectory import PER_RECORD, NonFiniteError, Trajectory
+from eosflow.trajectory import PER_RECORD, Trajectory
 
 __all__ = [
     "Progress",
@@ -45,8 +39,6 @@ __all__ = [
     "ARRAYS",
     "PARTIAL",
     "SUMMARY",
-    "run_chunked",
-    "concat_trajectories",
     "trajectory_arrays",
     "save_bytes",
     "save_npz",
@@ -154,150 +146,6 @@ class Progress:
         if self.enabled and self.tty and self.done < self.total:
             self.stream.write("\n")
             self.stream.flush()
-
-
-# ----------------------------------------------------------------------------- chunked runs
-
-
-def concat_trajectories(parts: list[Trajectory]) -> Trajectory:
-    """Join consecutive trajectories (already carrying global step numbers) into one.
-
-    Per-record fields are concatenated; ``w_final``, ``lr``, ``wd`` come from the last part and
-    ``nonfinite_step`` is the first non-negative one (or ``-1``).
-    """
-    if not parts:
-        raise ValueError("concat_trajectories: nothing to concatenate")
-    if len(parts) == 1:
-        return parts[0]
-    joined = {k: np.concatenate([np.asarray(getattr(p, k)) for p in parts]) for k in _PER_RECORD}
-    bad = [int(p.nonfinite_step) for p in parts if int(p.nonfinite_step) >= 0]
-    last = parts[-1]
-    return Trajectory(
-        **joined,
-        w_final=last.w_final,
-        lr=last.lr,
-        wd=last.wd,
-        nonfinite_step=np.asarray(bad[0] if bad else -1),
-    )
-
-
-def _shift(traj: Trajectory, offset: int) -> Trajectory:
-    bad = int(traj.nonfinite_step)
-    return traj._replace(
-        step=np.asarray(traj.step) + offset,
-        nonfinite_step=np.asarray(bad + offset if bad >= 0 else -1),
-    )
-
-
-def _default_chunk(steps: int, unit: int, target_chunks: int = 10) -> int:
-    """About ``steps/target_chunks`` steps, a multiple of ``unit``; a divisor of ``steps`` if one
-    is near (so every chunk has the same length and compiles once)."""
-    base = max(unit, math.ceil(steps / target_chunks / unit) * unit)
-    for c in range(base, min(2 * base, steps) + 1, unit):
-        if steps % c == 0:
-            return c
-    return min(base, steps)
-
-
-def run_chunked(
-    loss: Callable,
-    w0,
-    lr,
-    wd,
-    steps: int,
-    *,
-    chunk: int | None = None,
-    record_every: int = 1,
-    sharpness_every: int = 0,
-    progress: bool | Progress = True,
-    label: str = "",
-    on_chunk: Callable[[Trajectory, int], None] | None = None,
-    simulate_fn: Callable[..., Trajectory] = simulate,
-    **simulate_kwargs: Any,
-) -> Trajectory:
-    """Run GD+WD, eq. (1), for ``steps`` steps in chunks, with progress and partial results.
-
-    Chunk ``i`` calls ``simulate_fn(loss, w, lr, wd, n_i, record_every=..., sharpness_every=...,
-    **simulate_kwargs)`` from the previous chunk's ``w_final``; its record steps are shifted by
-    the steps already done, so the result reads like one run. With the same ``loss`` object every
-    chunk of the same length reuses one compiled program (at most two lengths: ``chunk`` and the
-    remainder).
-
-    Args:
-      loss, w0, lr, wd: as in :func:`eosflow.simulate`.
-      steps: total number of steps (>= 1).
-      chunk: steps per chunk, a multiple of ``record_every`` and of ``sharpness_every`` (so that
-        records and sharpness fall on the same global steps as in one long run). Default: about a
-        tenth of ``steps``, rounded to such a multiple.
-      record_every, sharpness_every: as in :func:`eosflow.simulate`.
-      progress: ``True`` shows a :class:`Progress` bar on stderr, ``False`` nothing; or pass a
-        :class:`Progress` to control where it goes.
-      label: text in front of the progress bar.
-      on_chunk: called as ``on_chunk(traj_so_far, steps_done)`` after each chunk, with the
-        concatenated trajectory so far (e.g. to save partial arrays). An exception it raises
-        stops the run and propagates.
-      simulate_fn: the simulator (default :func:`eosflow.simulate`; e.g.
-        :func:`eosflow.simulate_sphere`).
-      **simulate_kwargs: passed on (``check_invariance``, ``on_nonfinite``, ``lanczos_iter``).
-
-    Returns:
-      one :class:`~eosflow.Trajectory` with global ``step`` numbers; ``w_final`` is the iterate
-      after the last step. Fields are NumPy arrays (``w_final`` keeps ``w0``'s structure).
-
-    Raises:
-      ValueError: bad ``steps``/``chunk``. :class:`~eosflow.NonFiniteError` as ``simulate``
-      (with ``on_nonfinite="raise"``), its ``step`` and ``trajectory`` global.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"run_chunked: steps must be an integer >= 1, got {steps!r}")
-    unit = math.lcm(int(record_every), int(sharpness_every)) if sharpness_every else record_every
-    if chunk is None:
-        chunk = _default_chunk(int(steps), int(unit))
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-        raise ValueError(f"run_chunked: chunk must be an integer >= 1, got {chunk!r}")
-    if chunk % unit:
-        raise ValueError(
-            f"run_chunked: chunk ({chunk}) must be a multiple of record_every ({record_every})"
-            + (f" and sharpness_every ({sharpness_every})" if sharpness_every else "")
-            + " so that records fall on the same steps as in one long run"
-        )
-    bar = progress if isinstance(progress, Progress) else Progress(steps, label, enabled=progress)
-    parts: list[Trajectory] = []
-    w, done = w0, 0
-    try:
-        while done < steps:
-            n = min(int(chunk), int(steps) - done)
-            try:
-                part = simulate_fn(
-                    loss,
-                    w,
-                    lr,
-                    wd,
-                    n,
-                    record_every=record_every,
-                    sharpness_every=sharpness_every,
-                    **simulate_kwargs,
-                )
-            except NonFiniteError as e:
-                traj = concat_trajectories(parts + [_shift(e.trajectory, done)])
-                raise NonFiniteError(
-                    str(e).replace(f"at step {e.step}", f"at step {e.step + done}"),
-                    e.step + done,
-                    traj,
-                ) from None
-            part = _shift(jax.tree_util.tree_map(np.asarray, part), done)
-            parts.append(part)
-            done += n
-            bar.update(done)
-            traj = concat_trajectories(parts) if len(parts) > 1 else part
-            if on_chunk is not None:
-                on_chunk(traj, done)
-            if int(part.nonfinite_step) >= 0:  # on_nonfinite="return": stop here
-                break
-            w = part.w_final
-    finally:
-        bar.close()
-    return concat_trajectories(parts)
 
 
 # ----------------------------------------------------------------------------- saving

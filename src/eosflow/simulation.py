@@ -44,6 +44,7 @@ Array = jax.Array
 __all__ = [
     "Resolved",
     "resolve_dynamics",
+    "run_part",
     "simulate",
     "simulate_sphere",
     "simulate_optax",
@@ -106,11 +107,14 @@ def resolve_dynamics(w0, lr, wd, *, optimizer, dynamics, hparams, where: str) ->
     return Resolved(gd_wd, hp, hp.lr, hp.wd)
 
 
-def _run(loss, w0, res: Resolved, steps, record_every, sharpness_every, lanczos_iter, rs=None):
-    """One compiled driver call (from ``rs`` if given) as a :class:`Trajectory`, plus the final
-    :class:`~eosflow.driver.RunState`."""
+def run_part(
+    loss, w0, res: Resolved, steps, record_every, sharpness_every, lanczos_iter, rs=None, start=0
+):
+    """``steps`` steps of a run in one compiled driver call, from ``rs`` (a
+    :class:`~eosflow.driver.RunState` at global step ``start``) or from ``w0`` when ``rs`` is
+    ``None``: ``(Trajectory of those steps, RunState after them)``."""
     rs, rec, w_final = run_compiled(
-        loss, res.dynamics, w0, res.hparams, rs, steps=int(steps),
+        loss, res.dynamics, w0, res.hparams, rs, steps=np.asarray(start + steps, jax.dtypes.canonicalize_dtype(np.int64)),
         n_rec=math.ceil(steps / record_every), record_every=int(record_every),
         sharpness_every=int(sharpness_every), lanczos_iter=int(lanczos_iter),
         full_records=steps % record_every == 0,
@@ -185,7 +189,7 @@ def simulate(
     validate_run_args(
         loss, w0, steps, record_every, sharpness_every, check_invariance and not plain, where
     )
-    traj, _ = _run(loss, w0, res, steps, record_every, sharpness_every, lanczos_iter, rs)
+    traj, _ = run_part(loss, w0, res, steps, record_every, sharpness_every, lanczos_iter, rs)
     return cut_at_nonfinite(traj, on_nonfinite, where)
 
 
@@ -299,7 +303,7 @@ def simulate_optax(
     )
     nan = np.asarray(np.nan, _dtype(w0))
     res, rs = _optax_start(loss, w0, optimizer, geometry, opt_state, Resolved(None, None, nan, nan))
-    traj, rs = _run(
+    traj, rs = run_part(
         loss, w0, res, steps, record_every, sharpness_every if sphere else 0, lanczos_iter, rs
     )
     vec = None

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.analysis import oscillation, tracking
+from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset, fit_step
 from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.flow import sharpness_reduction_flow
@@ -38,7 +39,7 @@ from eosflow.losses import (
     relative_distance_to_min_norm,
 )
 from eosflow.manifold import project_to_manifold
-from eosflow.runio import RunRecorder, run_chunked
+from eosflow.runio import RunRecorder
 
 NAME = "linreg-bn"
 DESCRIPTION = "linear regression with BN: GD+WD at EoS moves to the min-norm solution (M)"

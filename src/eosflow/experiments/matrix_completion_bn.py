@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset
 from eosflow.experiments._common import (
     COLORS,
@@ -63,7 +64,7 @@ from eosflow.losses import (
     singular_values,
     split_factors,
 )
-from eosflow.runio import RunRecorder, run_chunked
+from eosflow.runio import RunRecorder
 from eosflow.sharpness import hessian_top_eigs
 from eosflow.trajectory import PER_RECORD
 

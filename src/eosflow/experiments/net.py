@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eosflow.chunks import run_chunked
 from eosflow.data import load_cifar10, load_digits
 from eosflow.experiments._common import (
     COLORS,
@@ -56,7 +57,7 @@ from eosflow.experiments._common import (
     save_figure,
 )
 from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
-from eosflow.runio import RunRecorder, run_chunked
+from eosflow.runio import RunRecorder
 from eosflow.sharpness import hessian_top_eigs
 
 NAME = "net"

@@ -28,10 +28,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset
 from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.losses import linear_regression_bn, make_linear_regression_data
-from eosflow.runio import RunRecorder, run_chunked
+from eosflow.runio import RunRecorder
 from eosflow.trajectory import PER_RECORD
 
 NAME = "norm-dynamics"

@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset
 from eosflow.experiments._common import as_float, load_arrays, load_summary, save_figure
 from eosflow.flow import sharpness_reduction_flow
@@ -34,7 +35,7 @@ from eosflow.losses import (
     toy3d_sharpness_on_curve,
 )
 from eosflow.manifold import project_to_manifold
-from eosflow.runio import RunRecorder, run_chunked
+from eosflow.runio import RunRecorder
 
 NAME = "toy3d"
 DESCRIPTION = "3-D toy loss: GD+WD at EoS drifts along the minimizer curve to its flattest point"

@@ -9,8 +9,10 @@ same numbers.
 
 Bad arguments (unknown experiment, ``lr <= 0``, ``lr·wd >= 1``, ``steps < 1``, an output folder
 that exists and is not empty without ``--force``, ...) print one line on stderr and exit with
-status 2. A run that diverges exits 1; an interrupted one (Ctrl-C) exits 130 and leaves the
-chunks finished so far in ``arrays.partial.npz``.
+status 2. A run that diverges exits 1; an interrupted one (Ctrl-C, or killed) leaves the chunks
+finished so far in ``arrays.partial.npz`` and its checkpoints in ``.checkpoints/``; Ctrl-C exits
+130 and prints the command that continues it: the same one with ``--resume``, which goes on from
+the last saved chunk and ends with the arrays an uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import eosflow
 from eosflow import experiments
-from eosflow.runio import ARRAYS, PARTIAL, SUMMARY, save_json
+from eosflow.chunks import CheckpointMismatch
+from eosflow.runio import ARRAYS, CHECKPOINTS, PARTIAL, SUMMARY, jsonable, save_json
 
 __all__ = ["main", "build_parser"]
 
@@ -39,6 +44,7 @@ Each run writes arrays.npz, summary.json (config, seed, versions, device, wall t
 and PNG figures to its folder. Bad arguments exit with status 2.
 """
 
+RUN_SETTINGS = "settings.json"
 _OUTPUT_GLOBS = (ARRAYS, PARTIAL, SUMMARY, "*.png", f".{ARRAYS}.*.tmp", f".{PARTIAL}.*.tmp")
 
 
@@ -109,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="write into an existing non-empty folder (replacing earlier run files)",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last saved chunk (same settings)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-plot", action="store_true", help="skip the figures")
@@ -194,19 +205,46 @@ def _check_config(config: dict) -> None:
         )
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _prepare_out(out: Path, force: bool, resume: bool, name: str, config: dict) -> None:
+    """Check (and with ``--force`` clear) the output folder; with ``--resume`` check that it
+    holds an interrupted run of ``name`` with the same ``config``. Saves the run's settings
+    next to its checkpoints so that a later ``--resume`` can check them."""
+    if force and resume:
+        raise UsageError("--force and --resume exclude each other")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    settings = out / CHECKPOINTS / RUN_SETTINGS
+    if resume:
+        _check_resumable(out, settings, name, config)
+    elif out.is_dir() and any(out.iterdir()):
         if not force:
+            hint = "--resume to continue the interrupted run there, " if settings.exists() else ""
             raise UsageError(
-                f"output folder {out} exists and is not empty; use --force to overwrite "
+                f"output folder {out} exists and is not empty; use {hint}--force to overwrite "
                 "or --out to choose another"
             )
         for pattern in _OUTPUT_GLOBS:  # only files a run writes; nothing else is touched
             for f in out.glob(pattern):
                 if f.is_file():
                     f.unlink()
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    save_json(settings, {"experiment": name, "config": config})
+
+
+def _check_resumable(out: Path, settings: Path, name: str, config: dict) -> None:
+    """``--resume``: the folder must hold an interrupted run of this experiment, same settings."""
+    if not settings.exists():
+        what = "a finished run" if (out / SUMMARY).exists() else "no interrupted run"
+        raise UsageError(f"--resume: {out} holds {what}; nothing to resume")
+    saved = json.loads(settings.read_text())
+    old = json.loads(json.dumps(saved.get("config", {})))
+    new = json.loads(json.dumps(jsonable(config)))
+    if saved.get("experiment") != name or old != new:
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise UsageError(
+            f"--resume: {out} holds a run of {saved.get('experiment')!r} with other settings "
+            f"(differs in: {', '.join(keys) or 'experiment'}); give the same settings, or --force"
+        )
 
 
 # ----------------------------------------------------------------------------- commands
@@ -239,7 +277,7 @@ def _cmd_list() -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args, argv: list[str] | None = None) -> int:
     try:
         module = experiments.get(args.name)
     except KeyError as e:
@@ -253,7 +291,7 @@ def _cmd_run(args) -> int:
         except (ValueError, TypeError, KeyError) as e:
             raise UsageError(f"bad settings for {args.name}: {e}") from None
     out = args.out or Path("runs") / (args.name + ("-quick" if args.quick else ""))
-    _prepare_out(out, args.force)
+    _prepare_out(out, args.force, args.resume, args.name, config)
 
     mode = "quick" if args.quick else "full"
     print(f"eosflow: running {args.name} ({mode}) -> {out}", file=sys.stderr)
@@ -262,8 +300,15 @@ def _cmd_run(args) -> int:
     except KeyboardInterrupt:
         partial = out / PARTIAL
         where = f"; chunks saved so far are in {partial}" if partial.exists() else ""
-        print(f"eosflow: interrupted{where}", file=sys.stderr)
+        again = list(argv) if argv is not None else sys.argv[1:]
+        again = [a for a in again if a != "--force"] + ([] if "--resume" in again else ["--resume"])
+        if args.out is None:
+            again += ["--out", str(out)]
+        print(f"eosflow: interrupted{where}; continue with: eosflow {shlex.join(again)}",
+              file=sys.stderr)  # fmt: skip
         return 130
+    except CheckpointMismatch as e:
+        raise UsageError(str(e)) from None
     except eosflow.NonFiniteError as e:
         print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -298,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _cmd_list()
         if args.command == "run":
-            return _cmd_run(args)
+            return _cmd_run(args, argv)
         parser.print_help()
         return 2
     except UsageError as e:

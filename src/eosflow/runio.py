@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ __all__ = [
     "ARRAYS",
     "PARTIAL",
     "SUMMARY",
+    "CHECKPOINTS",
     "trajectory_arrays",
     "save_bytes",
     "save_npz",
@@ -49,6 +51,8 @@ __all__ = [
 
 #: File names inside a run folder.
 ARRAYS, PARTIAL, SUMMARY = "arrays.npz", "arrays.partial.npz", "summary.json"
+#: Folder of a run's checkpoints (:meth:`RunRecorder.checkpoint`), removed when the run finishes.
+CHECKPOINTS = ".checkpoints"
 
 _PER_RECORD = PER_RECORD
 
@@ -279,6 +283,12 @@ class RunRecorder:
     def partial_path(self) -> Path:
         return self.out / PARTIAL
 
+    def checkpoint(self, prefix: str) -> Path:
+        """The checkpoint file of the chunked run saved under ``prefix``
+        (:func:`eosflow.chunks.run_chunked`'s ``checkpoint``): ``out/.checkpoints/PREFIX.npz``.
+        An interrupted run leaves it; ``eosflow run ... --resume`` continues from it."""
+        return self.out / CHECKPOINTS / f"{prefix or 'run'}.npz"
+
     def update(self, **arrays) -> None:
         """Add (or replace) arrays and rewrite ``arrays.partial.npz`` with all of them."""
         self.arrays.update({k: np.asarray(v) for k, v in arrays.items()})
@@ -317,6 +327,7 @@ class RunRecorder:
             os.unlink(self.partial_path)
         except FileNotFoundError:
             pass
+        shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         summary = {
             "experiment": self.name,
             "description": description,

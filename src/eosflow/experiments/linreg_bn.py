@@ -109,6 +109,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     traj = run_chunked(
         loss, w0, lr, wd, steps, record_every=1, sharpness_every=int(c["sharpness_every"]),
         progress=progress, label=NAME, on_chunk=rec.on_chunk("gd_", _FIELDS),
+        checkpoint=rec.checkpoint("gd_"),
     )  # fmt: skip
     W = np.asarray(traj.w)
     rd, tl = _dist_and_test(data, W[::k])
@@ -177,6 +178,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         loss, w0, lr, float(c["contrast_wd"]), steps, record_every=k,
         sharpness_every=int(c["sharpness_every"]) * k // np.gcd(int(c["sharpness_every"]), k),
         progress=progress, label=NAME + " contrast", on_chunk=rec.on_chunk("contrast_", _FIELDS),
+        checkpoint=rec.checkpoint("contrast_"),
     )  # fmt: skip
     c_rd, c_tl = _dist_and_test(data, np.asarray(ctr.w))
     rec.update(contrast_rel_dist=c_rd, contrast_test_loss=c_tl)

@@ -246,6 +246,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
             progress=progress,
             label=f"{NAME} [{r}]",
             on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
+            checkpoint=rec.checkpoint(f"{r}_"),
             check_invariance=bn,
         )
         wall = time.perf_counter() - t0

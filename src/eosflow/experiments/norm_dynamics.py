@@ -98,6 +98,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         progress=progress,
         label=NAME,
         on_chunk=rec.on_chunk("", _FIELDS),
+        checkpoint=rec.checkpoint(""),
     )
     norm, g = np.asarray(traj.norm), np.asarray(traj.grad_norm)
     thr = norm_threshold(norm, c["lr"], c["wd"])

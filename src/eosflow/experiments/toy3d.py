@@ -85,6 +85,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         loss, w0, lr, wd, steps, record_every=int(c["record_every"]),
         sharpness_every=int(c["sharpness_every"]), progress=progress, label=NAME,
         on_chunk=rec.on_chunk("gd_", _FIELDS),
+        checkpoint=rec.checkpoint("gd_"),
     )  # fmt: skip
     star = np.asarray(toy3d_flattest_point())
     theta_end = jnp.asarray(traj.theta[-1])

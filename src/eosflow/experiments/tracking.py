@@ -86,7 +86,8 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         w0 = eos_init(loss, zeta0, 1.0, eta, c["sigma0"], jax.random.PRNGKey(1000 + i))
         steps = int(round(T / eta)) + 1
         every = max(1, steps // 500)  # ~500 projections per run for ||Φ(θ_t) − ζ||
-        traj = run_chunked(loss, w0, 1.0, eta, steps, progress=progress, label=f"η_in={eta:g}")
+        traj = run_chunked(loss, w0, 1.0, eta, steps, progress=progress, label=f"η_in={eta:g}",
+                           checkpoint=rec.checkpoint(f"eta{i}_"))  # fmt: skip
         tk_all = tracking(loss, traj, sol, 0, with_phi=False)
         sub = traj._replace(**{f: getattr(traj, f)[::every] for f in ("step", "w", "norm")})
         tk = tracking(loss, sub, sol, 0, with_phi=True)

@@ -1,0 +1,73 @@
+"""``eosflow run NAME --resume``: an interrupted run (Ctrl-C or ``kill -9``) continues from its
+last saved chunk and ends with the arrays of an uninterrupted run, bit for bit (issue #13)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from _helpers import run_cli
+
+# norm-dynamics at quick size, made long enough (~10 chunks) to be killed between two chunks.
+ARGS = ["run", "norm-dynamics", "--quick", "--steps", "6000", "--no-plot", "--no-progress"]
+
+
+def _arrays(out):
+    with np.load(out / "arrays.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ref")
+    r = run_cli([*ARGS, "--out", base / "out"], cwd=base)
+    assert r.returncode == 0, r.stderr
+    return _arrays(base / "out")
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eosflow.cli", *ARGS, "--out", str(out)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ckpt = out / ".checkpoints" / "run.npz"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "arrays.npz").exists(), "killed mid-run, checkpoint saved"
+    with np.load(ckpt) as z:
+        done = int(z["done"])
+    assert 0 < done < 6000
+
+    again = run_cli([*ARGS, "--out", out], cwd=tmp_path)  # no --resume: refused, hint given
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = _arrays(out)
+    assert sorted(got) == sorted(uninterrupted)
+    for k, v in uninterrupted.items():
+        assert np.array_equal(got[k], v, equal_nan=True), k
+    assert not (out / ".checkpoints").exists(), "checkpoints are removed when the run finishes"
+
+
+def test_resume_refuses_other_settings_and_finished_runs(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    (out / ".checkpoints").mkdir(parents=True)
+    (out / ".checkpoints" / "settings.json").write_text(
+        '{"experiment": "norm-dynamics", "config": {"steps": 1}}'
+    )
+    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
+    assert r.returncode == 2 and "other settings" in r.stderr and "steps" in r.stderr
+    r = run_cli([*ARGS, "--out", out, "--resume", "--force"], cwd=tmp_path)
+    assert r.returncode == 2 and "exclude" in r.stderr

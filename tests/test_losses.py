@@ -8,14 +8,21 @@ solve of problem (M).
 
 Tolerances are float64 round-off budgets: eps = 2.2e-16 times the size of the computation
 (a few hundred flops, condition numbers O(10-100)), hence 1e-12 relative unless stated.
+
+The identities, the scale-invariance check and the closed forms run twice, with and without
+``jax.jit`` (``chex.variants`` in a ``chex.TestCase``: ``@chex.variants`` only works on
+``absl.parameterized``-style test classes; on a plain pytest function it yields an object pytest
+silently does not collect). Op-by-op dispatch and the compiled program must meet the same budgets.
 """
 
-import functools
+import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
 import eosflow
@@ -120,83 +127,145 @@ def _scale(w, c):
 
 
 # --------------------------------------------------------------------------------------------
-# The four identities on every loss
+# The four identities on every loss, with and without jit
 # --------------------------------------------------------------------------------------------
 
 
 SCALES = (0.03, 0.61, 4.0, 250.0)
+# absl test-name suffixes: "scale_invariant(f)-pytree" -> "scale_invariant_f_pytree".
+NAMED_CASES = [(re.sub(r"\W+", "_", name).strip("_"), name) for name in IDS]
+_QUANTITIES: dict = {}
 
 
-@functools.cache
-def _quantities(name):
-    """Everything the identity tests need for one case, in one jitted call (compiling once per
-    case instead of once per primitive keeps the suite fast on a 2-core CPU)."""
-    _, loss, w, dense_ok = CASES[IDS.index(name)]
-
+def _identity_quantities(loss):
     def compute(w):
-        out = {
+        scales = jnp.asarray(SCALES)
+        return {
             "L": loss(w),
             "g": ravel_pytree(jax.grad(loss)(w))[0],
             "Hw": ravel_pytree(hvp(loss, w, w))[0],  # hvp accepts pytrees
-            "Lc": jax.vmap(lambda c: loss(_scale(w, c)))(jnp.asarray(SCALES)),
-            "gc": jax.vmap(lambda c: ravel_pytree(jax.grad(loss)(_scale(w, c)))[0])(
-                jnp.asarray(SCALES)
-            ),
+            "Lc": jax.vmap(lambda c: loss(_scale(w, c)))(scales),
+            "gc": jax.vmap(lambda c: ravel_pytree(jax.grad(loss)(_scale(w, c)))[0])(scales),
+            # True when this runs under jit: the variant really is what it claims to be.
+            "traced": isinstance(jax.tree_util.tree_leaves(w)[0], jax.core.Tracer),
         }
-        if dense_ok:
-            out["H"] = dense_hessian(loss, w)
-        return out
 
-    return jax.tree_util.tree_map(np.asarray, jax.jit(compute)(w)), _flat(w)
+    return compute
 
 
-@pytest.mark.parametrize("name", IDS)
-def test_loss_invariant_under_scaling(name):
-    q, _ = _quantities(name)
-    assert np.isfinite(q["L"])
-    # relative 1e-13: one evaluation's round-off (normalization + a few hundred flops).
-    np.testing.assert_allclose(q["Lc"], q["L"], rtol=0, atol=1e-13 * max(abs(q["L"]), 1.0))
+def _quantities(variant, name):
+    """Everything the identity tests need for one case, in one call of ``variant(compute)``
+    (jitted: one compilation per case instead of one per primitive; not jitted: op by op), cached
+    per (case, variant). ``variant`` is applied on every call: chex requires each variant test to
+    use it."""
+    _, loss, w, _ = CASES[IDS.index(name)]
+    compute = variant(_identity_quantities(loss))
+    key = (name, variant.type)
+    if key not in _QUANTITIES:
+        q = compute(w)
+        traced = q.pop("traced")
+        assert traced == (variant.type == chex.ChexVariantType.WITH_JIT), variant.type
+        _QUANTITIES[key] = jax.tree_util.tree_map(np.asarray, q)
+    return _QUANTITIES[key], _flat(w)
 
 
-@pytest.mark.parametrize("name", IDS)
-def test_gradient_scales_as_one_over_c(name):
-    q, _ = _quantities(name)
-    g = q["g"]
-    assert np.linalg.norm(g) > 1e-6, "a vanishing gradient would make the test vacuous"
-    for c, gc in zip(SCALES, q["gc"], strict=True):
-        # 1e-12 relative to ||g||: round-off of a reverse pass, amplified by ~10 at most.
-        np.testing.assert_allclose(c * gc, g, rtol=0, atol=1e-12 * np.linalg.norm(g))
+class TestIdentitiesWithAndWithoutJit(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*NAMED_CASES)
+    def test_loss_invariant_under_scaling(self, name):
+        q, _ = _quantities(self.variant, name)
+        chex.assert_tree_all_finite(q["L"])
+        # relative 1e-13: one evaluation's round-off (normalization + a few hundred flops).
+        np.testing.assert_allclose(q["Lc"], q["L"], rtol=0, atol=1e-13 * max(abs(q["L"]), 1.0))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*NAMED_CASES)
+    def test_gradient_scales_as_one_over_c(self, name):
+        q, _ = _quantities(self.variant, name)
+        g = q["g"]
+        assert np.linalg.norm(g) > 1e-6, "a vanishing gradient would make the test vacuous"
+        for c, gc in zip(SCALES, q["gc"], strict=True):
+            # 1e-12 relative to ||g||: round-off of a reverse pass, amplified by ~10 at most.
+            np.testing.assert_allclose(c * gc, g, rtol=0, atol=1e-12 * np.linalg.norm(g))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*NAMED_CASES)
+    def test_gradient_orthogonal_to_w(self, name):
+        q, wf = _quantities(self.variant, name)
+        g = q["g"]
+        # cosine of the angle between g and w: exactly 0 in exact arithmetic; round-off ~1e-15.
+        cos = abs(g @ wf) / (np.linalg.norm(g) * np.linalg.norm(wf))
+        assert cos <= 1e-12, cos
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*NAMED_CASES)
+    def test_hessian_times_w_is_minus_gradient(self, name):
+        q, _ = _quantities(self.variant, name)
+        g = q["g"]
+        # ||Hw + g|| vs ||g||: both sides are O(||g||); forward-over-reverse round-off ~1e-14.
+        scale = np.linalg.norm(g)
+        assert np.linalg.norm(q["Hw"] + g) <= 1e-11 * scale, np.linalg.norm(q["Hw"] + g) / scale
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*NAMED_CASES)
+    def test_check_scale_invariance_is_round_off(self, name):
+        _, loss, w, _ = CASES[IDS.index(name)]
+        # A scale-invariant loss gives float64 round-off (~1e-15); 1e-13 leaves a 100x margin.
+        assert check_scale_invariance(self.variant(loss), w) <= 1e-13
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_scale_invariant_wrapper_is_f_of_direction(self):
+        w = _random_w(22, 7, 0.4)
+        wn = np.asarray(w) / np.linalg.norm(np.asarray(w))
+        # The wrapper must be exactly f(w/||w||): compare with the normalization done in NumPy.
+        chex.assert_trees_all_close(
+            self.variant(scale_invariant(_generic_f))(w), _generic_f(jnp.asarray(wn)), rtol=1e-13
+        )
+        # pytree: the norm is over all leaves together (not leaf by leaf).
+        flat, unravel = ravel_pytree(TREE_W)
+        tree_n = unravel(flat / np.linalg.norm(np.asarray(flat)))
+        chex.assert_trees_all_close(
+            self.variant(scale_invariant(_generic_tree_f))(TREE_W),
+            _generic_tree_f(tree_n),
+            rtol=1e-13,
+        )
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_linreg_bn_loss_matches_numpy_formula(self):
+        loss = self.variant(linear_regression_bn(LR_DATA.X, LR_DATA.y))
+        for seed in (30, 31):
+            w = _random_w(seed, 30)
+            ref = np.mean((_np_bn_model(LR_DATA.X, LR_DATA.y, w, LR_DATA.X) - LR_DATA.y) ** 2)
+            chex.assert_trees_all_close(loss(w), ref, rtol=1e-12)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("c2", 2.0), ("c3_5", 3.5))
+    def test_toy3d_hessian_on_curve_closed_form(self, c):
+        loss = toy3d(c)
+        thetas = toy3d_curve(jnp.asarray(PHIS))
+        Hs = np.asarray(self.variant(jax.vmap(lambda th: dense_hessian(loss, th)))(thetas))
+        e3 = np.asarray(toy3d_normal())  # the normal b of Γ's plane (e3 before the rotation)
+        for phi, H in zip(PHIS, Hs, strict=True):
+            lam = float(toy3d_sharpness_on_curve(phi, c))
+            np.testing.assert_allclose(lam, 2.0 * (c + np.cos(phi)), rtol=1e-15)
+            # The documented Hessian 2(c + cos φ) b bᵀ, entry by entry (O(1) entries, round-off).
+            np.testing.assert_allclose(H, lam * np.outer(e3, e3), rtol=0, atol=1e-12)
+            ev = np.linalg.eigvalsh(H)
+            np.testing.assert_allclose(ev[-1], lam, rtol=1e-12)
+            np.testing.assert_allclose(ev[:2], 0.0, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", IDS)
-def test_gradient_orthogonal_to_w(name):
-    q, wf = _quantities(name)
-    g = q["g"]
-    # cosine of the angle between g and w: exactly 0 in exact arithmetic; round-off ~1e-15.
-    cos = abs(g @ wf) / (np.linalg.norm(g) * np.linalg.norm(wf))
-    assert cos <= 1e-12, cos
-
-
-@pytest.mark.parametrize("name", IDS)
-def test_hessian_times_w_is_minus_gradient(name):
-    q, wf = _quantities(name)
-    g = q["g"]
-    # ||Hw + g|| vs ||g||: both sides are O(||g||); forward-over-reverse round-off ~1e-14.
-    scale = np.linalg.norm(g)
-    assert np.linalg.norm(q["Hw"] + g) <= 1e-11 * scale, np.linalg.norm(q["Hw"] + g) / scale
-    if "H" in q:
-        H = q["H"]
-        np.testing.assert_allclose(H, H.T, rtol=0, atol=1e-12 * np.abs(H).max())
-        # The dense product H @ w sums D terms of size ||H|| ||w||: tolerance relative to that.
-        err = np.linalg.norm(H @ wf + g)
-        assert err <= 1e-12 * np.linalg.norm(H, 2) * np.linalg.norm(wf), err
-
-
-@pytest.mark.parametrize("name,loss,w,dense_ok", CASES, ids=IDS)
-def test_check_scale_invariance_is_round_off(name, loss, w, dense_ok):
-    # A scale-invariant loss gives float64 round-off (~1e-15); 1e-13 leaves a 100x margin.
-    # (jit: same arithmetic, compiled once instead of op by op.)
-    assert check_scale_invariance(jax.jit(loss), w) <= 1e-13
+@pytest.mark.parametrize("name", [c[0] for c in CASES if c[3]])
+def test_dense_hessian_times_w_is_minus_gradient(name):
+    """The dense-Hessian side of ``∇²L(w) w = −∇L(w)`` (jitted only: op by op, a D x D Hessian
+    costs seconds per case and checks nothing the HVP variants above do not)."""
+    _, loss, w, _ = CASES[IDS.index(name)]
+    g, H = jax.jit(lambda w: (ravel_pytree(jax.grad(loss)(w))[0], dense_hessian(loss, w)))(w)
+    g, H, wf = np.asarray(g), np.asarray(H), _flat(w)
+    np.testing.assert_allclose(H, H.T, rtol=0, atol=1e-12 * np.abs(H).max())
+    # The dense product H @ w sums D terms of size ||H|| ||w||: tolerance relative to that.
+    err = np.linalg.norm(H @ wf + g)
+    assert err <= 1e-12 * np.linalg.norm(H, 2) * np.linalg.norm(wf), err
 
 
 def test_check_scale_invariance_detects_non_invariant():
@@ -206,21 +275,6 @@ def test_check_scale_invariance_detects_non_invariant():
     rel = check_scale_invariance(jax.jit(lambda v: jnp.sum(v**2)), w)
     np.testing.assert_allclose(rel, 11.0**2 - 1.0, rtol=1e-12)
     assert check_scale_invariance(jax.jit(_generic_f), _random_w(21, 7, 0.4)) > 1e-2
-
-
-def test_scale_invariant_wrapper_is_f_of_direction():
-    w = _random_w(22, 7, 0.4)
-    wn = np.asarray(w) / np.linalg.norm(np.asarray(w))
-    # The wrapper must be exactly f(w/||w||): compare with the normalization done in NumPy.
-    np.testing.assert_allclose(
-        scale_invariant(_generic_f)(w), _generic_f(jnp.asarray(wn)), rtol=1e-13
-    )
-    # pytree: the norm is over all leaves together (not leaf by leaf).
-    flat, unravel = ravel_pytree(TREE_W)
-    tree_n = unravel(flat / np.linalg.norm(np.asarray(flat)))
-    np.testing.assert_allclose(
-        scale_invariant(_generic_tree_f)(TREE_W), _generic_tree_f(tree_n), rtol=1e-13
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +287,7 @@ def test_residual_loss_is_mean_squared_residual(name, loss, w, dense_ok):
     assert isinstance(loss, ResidualLoss)
     value, r = jax.jit(lambda w: (loss(w), loss.residual(w)))(w)
     r = np.asarray(r)
-    assert r.ndim == 1
+    chex.assert_rank(r, 1)
     # the mean of squares of O(1) residuals: relative round-off ~1e-15.
     np.testing.assert_allclose(float(value), np.mean(r**2), rtol=1e-12)
 
@@ -249,14 +303,6 @@ def _np_bn_model(X, y, w, X_new):
     s = X @ w
     mu1, sigma1 = s.mean(), s.std()  # population std, as in THEORY.md
     return y.std() * (X_new @ w - mu1) / sigma1 + y.mean()
-
-
-def test_linreg_bn_loss_matches_numpy_formula():
-    loss = jax.jit(linear_regression_bn(LR_DATA.X, LR_DATA.y))
-    for seed in (30, 31):
-        w = _random_w(seed, 30)
-        ref = np.mean((_np_bn_model(LR_DATA.X, LR_DATA.y, w, LR_DATA.X) - LR_DATA.y) ** 2)
-        np.testing.assert_allclose(float(loss(w)), ref, rtol=1e-12)
 
 
 def test_induced_linear_model_reproduces_bn_predictions():
@@ -277,9 +323,7 @@ def test_induced_linear_model_reproduces_bn_predictions():
         rtol=1e-12,
     )
     # Eq. (4) depends only on the direction of w.
-    w_t2, b_t2 = induced_linear_model(X, y, 17.0 * w)
-    np.testing.assert_allclose(w_t2, w_t, rtol=1e-13)
-    np.testing.assert_allclose(b_t2, b_t, rtol=1e-13)
+    chex.assert_trees_all_close(induced_linear_model(X, y, 17.0 * w), (w_t, b_t), rtol=1e-13)
 
 
 def test_min_norm_solution_solves_problem_M():
@@ -416,9 +460,8 @@ def test_mc_generator_and_zero_loss_factorization():
     U[:, :2] = Us[:, :2] * np.sqrt(ss[:2])
     V[:, :2] = Vts[:2].T * np.sqrt(ss[:2])
     w = jnp.asarray(np.concatenate([U.ravel(), V.ravel()]))
-    Uj, Vj = split_factors(w, m, n, data.k)
-    np.testing.assert_allclose(Uj, U)
-    np.testing.assert_allclose(Vj, V)
+    # (NumPy's default rtol, 1e-7: the split is a reshape, exact in practice.)
+    chex.assert_trees_all_close(split_factors(w, m, n, data.k), (U, V), rtol=1e-7)
     loss = matrix_completion_bn(data)
     assert float(loss(w)) <= 1e-26
     assert float(matrix_completion_test_mse(data, 0.3 * w)) <= 1e-26
@@ -480,22 +523,6 @@ def test_toy3d_curve_is_zero_loss_zero_gradient(c):
     np.testing.assert_array_equal(grads, 0.0)
 
 
-@pytest.mark.parametrize("c", [2.0, 3.5])
-def test_toy3d_hessian_on_curve_closed_form(c):
-    loss = toy3d(c)
-    thetas = toy3d_curve(jnp.asarray(PHIS))
-    Hs = np.asarray(jax.jit(jax.vmap(lambda th: dense_hessian(loss, th)))(thetas))
-    e3 = np.asarray(toy3d_normal())  # the normal b of Γ's plane (e3 before the rotation)
-    for phi, H in zip(PHIS, Hs, strict=True):
-        lam = float(toy3d_sharpness_on_curve(phi, c))
-        np.testing.assert_allclose(lam, 2.0 * (c + np.cos(phi)), rtol=1e-15)
-        # The documented Hessian 2(c + cos φ) b bᵀ, entry by entry (O(1) entries, round-off).
-        np.testing.assert_allclose(H, lam * np.outer(e3, e3), rtol=0, atol=1e-12)
-        ev = np.linalg.eigvalsh(H)
-        np.testing.assert_allclose(ev[-1], lam, rtol=1e-12)
-        np.testing.assert_allclose(ev[:2], 0.0, rtol=0, atol=1e-12)
-
-
 def test_toy3d_flattest_point():
     c = 2.0
     phis = np.linspace(0, 2 * np.pi, 721)
@@ -515,7 +542,7 @@ def test_toy3d_keeps_float32():
     w64 = _random_w(21, 3)
     w32 = w64.astype(jnp.float32)
     v32, g32 = jax.value_and_grad(loss)(w32)
-    assert v32.dtype == g32.dtype == loss.residual(w32).dtype == jnp.float32
+    chex.assert_type([v32, g32, loss.residual(w32)], jnp.float32)
     v64, g64 = jax.value_and_grad(loss)(w64)
     np.testing.assert_allclose(v32, v64, rtol=1e-5)
     np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g64))))
@@ -528,20 +555,21 @@ def test_toy3d_keeps_float32():
 
 def test_make_linear_regression_data():
     data = make_linear_regression_data(jax.random.PRNGKey(0), n=6, d=9, n_test=4)
-    assert data.X.shape == (6, 9) and data.y.shape == (6,)
-    assert data.X_test.shape == (4, 9) and data.y_test.shape == (4,)
-    assert data.X.dtype == jnp.float64
-    # noise = 0: targets are exactly the teacher's outputs (O(1) values, round-off only)
-    np.testing.assert_allclose(data.X @ data.w_teacher + data.b_teacher, data.y, atol=1e-13)
-    np.testing.assert_allclose(
-        data.X_test @ data.w_teacher + data.b_teacher, data.y_test, atol=1e-13
+    chex.assert_shape([data.X, data.y, data.X_test, data.y_test], [(6, 9), (6,), (4, 9), (4,)])
+    chex.assert_type(data.X, jnp.float64)
+    # noise = 0: targets are exactly the teacher's outputs (O(1) values, round-off only;
+    # rtol is NumPy's default)
+    teacher = lambda X: X @ data.w_teacher + data.b_teacher
+    chex.assert_trees_all_close(
+        (teacher(data.X), teacher(data.X_test)), (data.y, data.y_test), rtol=1e-7, atol=1e-13
     )
 
 
 def test_make_matrix_completion_data():
     data = make_matrix_completion_data(jax.random.PRNGKey(0), 6, 7, rank=2, num_observed=20)
     M = np.asarray(data.M)
-    assert M.shape == (6, 7) and data.k == 7  # k defaults to max(m, n)
+    chex.assert_shape(M, (6, 7))
+    assert data.k == 7  # k defaults to max(m, n)
     s = np.linalg.svd(M, compute_uv=False)
     assert s[1] > 1e-3 * s[0] and s[2] <= 1e-12 * s[0]  # rank exactly 2
     flat = np.asarray(data.rows) * 7 + np.asarray(data.cols)

@@ -2,6 +2,7 @@
 ablation failing the check, Lanczos vs dense Hessian, train-statistics prediction against a numpy
 reference, and training to 100% train accuracy with ``eosflow.simulate``."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,9 +44,9 @@ def _cosine(net: NetLoss) -> float:
 @pytest.mark.parametrize("name", list(INVARIANT))
 def test_scale_invariant_variants(digits, name):
     net = make_net_loss(INVARIANT[name], digits.x_train, digits.y_train, seed=1)
-    assert net.w0.dtype == jnp.float64
+    chex.assert_type(net.w0, jnp.float64)
     loss = jax.jit(net.loss)
-    assert np.isfinite(float(loss(net.w0)))
+    chex.assert_tree_all_finite(loss(net.w0))
     # relative change of L(cw) vs L(w) for c in (0.37, 2.9, 11): float64 round-off only
     assert eosflow.check_scale_invariance(loss, net.w0) <= 1e-10
     assert eosflow.check_scale_invariance(loss, net.w0, scales=(1e-3, 1e3)) <= 1e-10
@@ -66,7 +67,7 @@ def test_invariant_per_layer(digits):
             for k, v in params.items()
         }
         w, _ = ravel_pytree(scaled)
-        assert abs(float(net.loss(w)) - base) <= 1e-12 * base
+        chex.assert_trees_all_close(net.loss(w), base, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("model", [MLP(widths=(16, 16), bn=False), VGG(config=(4, "M"), bn=False)])
@@ -170,10 +171,11 @@ def test_init_params_lecun_normal():
     x = jnp.ones((2, 8, 8, 1))
     p = init_params(VGG(config=(32, "M"), bn=False), x, seed=3)
     k = np.asarray(p["Conv_0"]["kernel"])
-    assert k.shape == (3, 3, 1, 32) and k.dtype == np.float64
+    chex.assert_shape(k, (3, 3, 1, 32))
+    chex.assert_type(k, np.float64)
     np.testing.assert_allclose(k.std(), 1 / 3, rtol=0.15)  # N(0, 1/fan_in), fan_in = 9
     assert np.all(np.asarray(p["Conv_0"]["bias"]) == 0)
-    again = init_params(VGG(config=(32, "M"), bn=False), x, seed=3)
-    np.testing.assert_array_equal(k, again["Conv_0"]["kernel"])
+    # The same seed gives the same parameters, every leaf bit for bit.
+    chex.assert_trees_all_equal(p, init_params(VGG(config=(32, "M"), bn=False), x, seed=3))
     other = init_params(VGG(config=(32, "M"), bn=False), x, seed=4)
     assert not np.array_equal(k, other["Conv_0"]["kernel"])

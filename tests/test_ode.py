@@ -8,6 +8,7 @@ module-level, ``t1``, ``dt0``, ``args`` and tolerances are traced, ``saveat`` ke
 The every-step, jit and failure tests use the Riccati equation ``y' = y²`` instead.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,7 +236,8 @@ def test_blowup_stops_with_dt_underflow():
     t_final = float(sol.t_final)
     assert 0.99 < t_final < 1.0 + 1e-4
     n = int(sol.stats.num_accepted) + 1
-    assert np.all(np.isfinite(np.asarray(sol.ys[:n]))) and float(sol.ts[n - 1]) == t_final
+    chex.assert_tree_all_finite(sol.ys[:n])
+    assert float(sol.ts[n - 1]) == t_final
     ok = (TQ >= 0) & (TQ <= 0.9)
     np.testing.assert_allclose(np.asarray(y_tq)[ok], riccati(np.asarray(TQ)[ok], 1.0), rtol=1e-4)
     assert np.all(np.isnan(np.asarray(y_tq)[np.asarray(TQ) > t_final]))
@@ -250,8 +252,7 @@ def test_fixed_step_nonfinite():
     ``f(x_102) = 1000 x_102`` overflows, so the step to 102 is refused: stop at ``t = 101``."""
     sol = fixed(EULER, 1.0, args=(1e3 * jnp.eye(3), W), t1=200.0)
     assert sol.result == Result.NONFINITE and float(sol.t_final) == 101.0
-    assert np.all(np.isfinite(np.asarray(sol.y_final)))
-    assert np.all(np.isfinite(np.asarray(sol.ys)))  # all of SAVE lies before t = 101
+    chex.assert_tree_all_finite((sol.y_final, sol.ys))  # all of SAVE lies before t = 101
     with pytest.raises(IntegrationError, match="t = 101: the state or the vector field"):
         raise_if_failed(sol)
 

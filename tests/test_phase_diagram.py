@@ -14,6 +14,7 @@ checks recompute everything from the saved arrays with independent NumPy code:
 
 from __future__ import annotations
 
+import chex
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def test_outputs(run):
         assert float(np.var(img[..., :3])) > 1e-3, f"{name} looks blank"
     assert "steps/s" in r.stderr and "Traceback" not in r.stderr
     B = len(s["config"]["lrs"]) * len(s["config"]["wds"])
-    assert a["loss"].shape == (B, a["step"].size) and a["w_final"].shape == (B, s["config"]["d"])
+    chex.assert_shape([a["loss"], a["w_final"]], [(B, a["step"].size), (B, s["config"]["d"])])
     np.testing.assert_array_equal(a["lr"], np.repeat(a["lrs"], a["wds"].size))
     assert (a["nonfinite_step"] == -1).all()
 
@@ -83,16 +84,17 @@ def test_time_to_eos_matches_section_4_1_prediction(run):
         compared.append(rel)
         assert abs(rel) <= 0.15, (a["lr"][b], a["wd"][b], t_fit, t_eos, pred)
         assert rel >= -1e-9  # records every `every` steps: the measurement can only overshoot
-        assert abs(rel - a["rel_err"][b]) <= 1e-12
+        chex.assert_trees_all_close(a["rel_err"][b], rel, rtol=0, atol=1e-12)
         assert drift is not None and drift < 1e-3, drift  # λ1 stays put until EoS
         # resolved error: distance of the predicted step to the record window (t_prev, t_eos]
         t_pred = t_fit + pred
         resolved = max(0.0, t_prev - t_pred, t_pred - t_eos) / pred
-        assert abs(resolved - a["resolved_err"][b]) <= 1e-12 and resolved <= 0.15
+        chex.assert_trees_all_close(a["resolved_err"][b], resolved, rtol=0, atol=1e-12)
+        assert resolved <= 0.15
     assert len(compared) >= 5, compared
     kn = s["key_numbers"]
     assert kn["compared"] == len(compared) and kn["prediction_within_tolerance"] is True
-    assert abs(kn["max_abs_rel_err"] - max(map(abs, compared))) <= 1e-12
+    chex.assert_trees_all_close(kn["max_abs_rel_err"], max(map(abs, compared)), rtol=0, atol=1e-12)
     print(f"phase-diagram: {len(compared)} runs, |rel err| max {max(map(abs, compared)):.3f}, "
           f"median {np.median(np.abs(compared)):.4f}")  # fmt: skip
 
@@ -108,7 +110,7 @@ def test_final_distance_to_min_norm_solution(run):
         w_t = sd_y * w / np.sqrt(w @ (Xc.T @ Xc / X.shape[0]) @ w)  # eq. (4), population Σ
         b_t = mu_y - w_t @ mu_x
         d = np.sqrt(np.sum((w_t - w_m) ** 2) + (b_t - b_m) ** 2) / np.sqrt(w_m @ w_m + b_m**2)
-        assert abs(d - a["final_rel_dist"][b]) <= 1e-8 * max(d, 1.0)
+        chex.assert_trees_all_close(a["final_rel_dist"][b], d, rtol=0, atol=1e-8 * max(d, 1.0))
     # Runs that reached EoS early have moved towards (M); those that did not have not.
     early = (a["eos_step"] >= 0) & (a["eos_step"] < a["step"][-1] // 2)
     none = a["eos_step"] < 0

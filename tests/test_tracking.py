@@ -1,6 +1,7 @@
 """Theorem 4.7 (GD+WD tracks the flow, one step per η_in of flow time) and the period-two
 oscillation of Section 4.2.3 (issue 3 items 4–5)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +107,6 @@ def test_user_written_plain_loss_runs_end_to_end():
     w0 = A.eos_init(user_loss, zeta0, 1.0, 1e-3, 1e-3, jax.random.PRNGKey(0))
     traj = eosflow.simulate(user_loss, w0, 1.0, 1e-3, steps=2001, record_every=20)
     tk = A.tracking(user_loss, traj, sol, 0)
-    assert np.all(np.isfinite(tk.dist_theta)) and np.all(np.isfinite(tk.dist_phi))
+    chex.assert_tree_all_finite((tk.dist_theta, tk.dist_phi))
     # With η_in = 1e-3 GD stays close to the flow over τ ∈ [0, 2].
     assert tk.dist_phi.max() <= 0.05, tk.dist_phi.max()

@@ -21,7 +21,7 @@ C = 2.0
 
 def _phi_reference(phi0, taus, c=C, h=1e-3):
     """Independent reference for toy3d: the scalar ODE dφ/dτ = −2g/(4+g²), g = −sin φ/(c+cos φ)
-    (module docstring of eosflow.losses.toy3d), by classical RK4 in NumPy with a tiny step."""
+    (module docstring of eosflow.losses.toy_model), by classical RK4 in NumPy with a tiny step."""
 
     def rhs(p):
         g = -np.sin(p) / (c + np.cos(p))

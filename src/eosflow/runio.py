@@ -33,6 +33,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from eosflow.trajectory import PER_RECORD, Trajectory
+from eosflow.version import __version__
 
 __all__ = [
     "Progress",
@@ -235,8 +236,6 @@ def environment() -> dict[str, Any]:
     """Library versions and the device, for ``summary.json``."""
     import jaxlib
 
-    import eosflow
-
     dev = jax.devices()[0]
     return {
         "versions": {
@@ -244,7 +243,7 @@ def environment() -> dict[str, Any]:
             "jax": jax.__version__,
             "jaxlib": jaxlib.__version__,
             "numpy": np.__version__,
-            "eosflow": eosflow.__version__,
+            "eosflow": __version__,
         },
         "device": {
             "platform": dev.platform,

@@ -29,7 +29,7 @@ from eosflow.losses.matrix_completion import (
     singular_values,
     split_factors,
 )
-from eosflow.losses.toy3d import (
+from eosflow.losses.toy_model import (
     TOY3D_ROTATION,
     toy3d,
     toy3d_curve,

@@ -82,8 +82,7 @@ from eosflow.sweeps import SingleDeviceWarning, SweepConfig, load_sweep, sweep, 
 from eosflow.sweeps import configurations as sweep_configurations
 from eosflow.trajectory import NonFiniteError, Trajectory
 from eosflow.validation import validate_hyperparams
-from eosflow.version import __version__
-
+from eosflow.version import __version__ as __version__
 
 # Loaded on first access (PEP 562): flax and scikit-learn are imported only by those who use them.
 _LAZY = {

@@ -60,6 +60,7 @@ from eosflow.schedulers import (
 from eosflow.sharpness import (
     EigResult,
     Sharpness,
+    SharpnessAlong,
     dense_hessian,
     dense_top_eigs,
     hessian_top_eigs,
@@ -67,6 +68,7 @@ from eosflow.sharpness import (
     lanczos,
     lanczos_top_eigs,
     power_iteration,
+    sharpness_along,
     spherical_sharpness,
 )
 from eosflow.simulate import (
@@ -157,6 +159,7 @@ __all__ = [
     "x64_enabled",
     "EigResult",
     "Sharpness",
+    "SharpnessAlong",
     "dense_hessian",
     "dense_top_eigs",
     "hessian_top_eigs",
@@ -165,6 +168,7 @@ __all__ = [
     "lanczos_top_eigs",
     "power_iteration",
     "spherical_sharpness",
+    "sharpness_along",
     "NonFiniteError",
     "Trajectory",
     "simulate",

@@ -15,9 +15,18 @@ completion its most negative eigenvalue is larger in magnitude than λ1) and a p
   1e-8 (the method's intrinsic cost, without restarts);
 * wall time of one ``jax.jit``-ed ``value_and_grad``, one HVP, and one ``spherical_sharpness``
   (Lanczos cold start, Lanczos warm-started from the eigenvector, power iteration).
+
+First, as a user calls it (issue 13): eager ``spherical_sharpness(loss, w)`` on linreg-200 (a fresh
+loss object), the first call and the next ones, each on a new ``w`` of the same shape, with the
+number of XLA compilations during each call (``jax.monitoring`` compile events). Target: the
+second call under 50 ms on a 2-core CPU (it compiled again on every call before: 0.6-2.7 s).
 """
 
 from __future__ import annotations
+
+import contextlib
+import statistics
+import time
 
 import _problems as P
 import jax
@@ -27,7 +36,7 @@ from _common import block, ratio, table, time_call, us, verdict
 
 import eosflow
 from eosflow.sharpness import (
-    _default_v0,
+    default_v0,
     hessian_top_eigs,
     hvp,
     lanczos,
@@ -37,6 +46,8 @@ from eosflow.sharpness import (
 
 ACC = 1e-8
 TARGET_LANCZOS_VS_POWER = 1 / 5
+TARGET_EAGER_SECOND_S = 0.050  # issue 13: second eager spherical_sharpness call, 2-core CPU
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # one per XLA compilation
 
 
 def _config(quick: bool) -> dict:
@@ -54,6 +65,93 @@ def _config(quick: bool) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _compiles():
+    """Names of the programs XLA compiles inside the block (``jax.monitoring`` events)."""
+    names = []
+
+    def listener(event, duration_secs, **kwargs):
+        if event == _COMPILE_EVENT:
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def bench_eager(cfg: dict, log) -> dict:
+    """Eager ``spherical_sharpness(loss, w)`` calls on linreg-200, each on a new ``w`` (same shape
+    and dtype): wall time (blocked) and XLA compilations of each call. A fresh loss object, so the
+    first call compiles; the points are made before timing."""
+    p = P.build("linreg-200", "float64")
+    D = int(p.w0.size)
+    n_later = cfg["repeats"]
+    ws = [p.w0] + [
+        jax.random.normal(jax.random.PRNGKey(100 + i), (D,), p.w0.dtype) for i in range(1 + n_later)
+    ]
+    block(ws)
+    times, compiles, values = [], [], []
+    for w in ws:
+        with _compiles() as names:
+            t0 = time.perf_counter()
+            s = block(spherical_sharpness(p.loss, w))
+            times.append(time.perf_counter() - t0)
+        compiles.append(len(names))
+        values.append(float(s.value))
+    res = {
+        "problem": p.name,
+        "D": D,
+        "first_s": times[0],
+        "second_s": times[1],
+        "later_s": times[2:],
+        "later_median_s": statistics.median(times[2:]),
+        "compiles": compiles,
+        "values": values,
+        "target_second_s": TARGET_EAGER_SECOND_S,
+        "pass": bool(times[1] < TARGET_EAGER_SECOND_S and compiles[1] == 0),
+    }
+    log(
+        f"  eager spherical_sharpness {p.name}: first {times[0]:.2f} s ({compiles[0]} compiles), "
+        f"second {times[1] * 1e3:.2f} ms ({compiles[1]} compiles), next {n_later} median "
+        f"{res['later_median_s'] * 1e3:.2f} ms ({sum(compiles[2:])} compiles)"
+    )
+    return res
+
+
+def _eager_markdown(e: dict) -> str:
+    return "\n".join(
+        [
+            "**Eager `spherical_sharpness(loss, w)` as a user calls it** (issue 13): one call after "
+            "another, each on a new `w` of the same shape (float64, Lanczos defaults), blocked; "
+            "compilations counted with `jax.monitoring` (XLA compile events during the call). "
+            f"Target: the second call < {TARGET_EAGER_SECOND_S * 1e3:.0f} ms.",
+            "",
+            table(
+                [
+                    "problem",
+                    "D",
+                    "first call (compiles)",
+                    "second call, new w (compiles)",
+                    f"next {len(e['later_s'])} calls: median (compiles)",
+                    f"target second < {TARGET_EAGER_SECOND_S * 1e3:.0f} ms",
+                ],
+                [
+                    [
+                        e["problem"],
+                        e["D"],
+                        f"{e['first_s']:.2f} s ({e['compiles'][0]})",
+                        f"{e['second_s'] * 1e3:.2f} ms ({e['compiles'][1]})",
+                        f"{e['later_median_s'] * 1e3:.2f} ms ({sum(e['compiles'][2:])})",
+                        verdict(e["pass"]),
+                    ]
+                ],
+            ),
+        ]
+    )
+
+
 def _first_reaching(runs, key="hvps"):
     """The first (cheapest) run whose relative error is <= ACC, or None."""
     ok = [r for r in runs if r["rel_err"] <= ACC]
@@ -64,7 +162,7 @@ class _Fns:
     """The jitted pieces for one loss, taking θ as an argument so both points share compiles."""
 
     def __init__(self, loss, D, dtype, cfg):
-        self.v0 = v0 = _default_v0(D, dtype)
+        self.v0 = v0 = default_v0(D, dtype)
         mi = cfg["power_max_iter"]
         mv = lambda th: lambda v: hvp(loss, th, v)  # noqa: E731
         self.long = jax.jit(
@@ -205,9 +303,8 @@ def bench_point(p, fns: _Fns, theta, point: str, cfg: dict, log) -> dict:
 
 
 def run(quick: bool, peaks: dict, log) -> tuple[str, dict]:
-    import time
-
     cfg = _config(quick)
+    eager = bench_eager(cfg, log)
     rows, proj_times = [], {}
     for name in cfg["problems"]:
         p = P.build(name, "float64")
@@ -232,7 +329,7 @@ def run(quick: bool, peaks: dict, log) -> tuple[str, dict]:
             points.append(("on Γ", proj.point))
         for point, theta in points:
             rows.append(bench_point(p, fns, theta, point, cfg, log))
-    md = _markdown(rows, cfg)
+    md = _eager_markdown(eager) + "\n\n" + _markdown(rows, cfg)
     if proj_times:
         md += (
             "\n\nCost of getting the points on Γ (`project_to_manifold`, residual path, first "
@@ -248,7 +345,7 @@ def run(quick: bool, peaks: dict, log) -> tuple[str, dict]:
             f"\n\n`--quick` skips the point on Γ for {', '.join(cfg['skip_gamma'])} (its "
             "projection alone takes minutes on a 2-core CPU)."
         )
-    return md, {"config": cfg, "rows": rows, "projection": proj_times}
+    return md, {"config": cfg, "eager": eager, "rows": rows, "projection": proj_times}
 
 
 def _hv(best, runs, cap=None):

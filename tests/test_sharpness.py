@@ -7,10 +7,17 @@ of magnitude to spare unless the method converged to the *wrong* eigenvalue, whi
 tests are there to catch. The dense reference (``jax.hessian`` + ``numpy.linalg.eigh``) is exact
 to ~1e-14 relative for D <= 200.
 
-Every call is jitted once per (loss, method, k) and reused for all points: eager calls compile the
-Lanczos loop anew each time (seconds each on a 2-core CPU).
+Every call is jitted once per (loss, method, k) and reused for all points. (Eager calls of the
+public functions compile once per loss and argument shapes too, since issue 13: tested at the end,
+with a compile counter.)
+
+``sharpness_along`` (end of the file) is checked on real ``simulate``/``sweep`` trajectories against
+per-point ``spherical_sharpness`` / ``hessian_top_eigs`` and against dense ``eigh``, at 1e-8
+relative to |λ1| like everything here.
 """
 
+import contextlib
+import doctest
 import functools
 
 import jax
@@ -18,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import eosflow
+from eosflow import sharpness as S
 from eosflow.losses import (
     LinearRegressionData,
     MatrixCompletionData,
@@ -28,12 +37,15 @@ from eosflow.losses import (
     toy3d_curve,
 )
 from eosflow.sharpness import (
+    SharpnessAlong,
+    default_v0,
     dense_hessian,
     dense_top_eigs,
     hessian_top_eigs,
     hvp,
     lanczos_top_eigs,
     power_iteration,
+    sharpness_along,
     spherical_sharpness,
 )
 
@@ -379,3 +391,267 @@ def test_num_hvps_counts_matvec_executions_power_unshifted():
     assert _count(calls, r) == int(r.num_hvps) > 0
     top = np.sort(diag)[::-1][: r.eigenvalues.shape[0]]
     np.testing.assert_allclose(r.eigenvalues, top, rtol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# Eager calls compile once (issue 13, item 7)
+# --------------------------------------------------------------------------------------------
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring, one per XLA compile
+
+
+@contextlib.contextmanager
+def _compiles():
+    """The names of the programs XLA compiles inside the block (``jax.monitoring`` events)."""
+    names = []
+
+    def listener(event, duration_secs, **kwargs):
+        if event == _COMPILE_EVENT:
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_default_v0_is_public_and_fixed():
+    v = default_v0(200, jnp.float64)
+    np.testing.assert_allclose(float(jnp.linalg.norm(v)), 1.0, rtol=1e-15)
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(default_v0(200, jnp.float64)))
+
+
+def test_eager_spherical_sharpness_and_dense_top_eigs_compile_once():
+    """A second eager call on a new ``w`` of the same shape and dtype compiles nothing (it used
+    to retrace and recompile the whole Lanczos loop: 0.6-2.7 s per call), and its value is right
+    (dense ``eigh`` reference, 1e-8 relative)."""
+    # A loss object of its own, so that no other test has compiled for it.
+    loss = linear_regression_bn(LR.X, LR.y)
+    w1 = 2.0 * _points("linreg")["random"]
+    w2 = 0.5 * _points("linreg")["near-min"]
+    w3 = np.asarray(_points("linreg")["random"])  # a NumPy array: same program
+    ref = {
+        "w1": _dense("linreg", "random")[1][0],
+        "w2": _dense("linreg", "near-min")[1][0],
+    }
+    with _compiles() as first:
+        s1 = spherical_sharpness(loss, w1)
+    assert first, "the first call compiles"
+    size = S._spherical_sharpness_jit._cache_size()
+    with _compiles() as second:
+        s2 = jax.block_until_ready(spherical_sharpness(loss, w2))
+        s3 = jax.block_until_ready(spherical_sharpness(loss, w3))
+    assert second == [], second
+    assert S._spherical_sharpness_jit._cache_size() <= size + 1  # (NumPy args: a dispatch entry)
+    np.testing.assert_allclose(float(s1.value), ref["w1"], rtol=1e-8)
+    np.testing.assert_allclose(float(s2.value), ref["w2"], rtol=1e-8)
+    np.testing.assert_allclose(float(s3.value), ref["w1"], rtol=1e-8)
+
+    with _compiles() as first:
+        lam1, _ = dense_top_eigs(loss, _points("linreg")["random"], 2)
+    assert first
+    with _compiles() as second:
+        lam2, vec2 = jax.block_until_ready(dense_top_eigs(loss, _points("linreg")["near-min"], 2))
+    assert second == [], second
+    np.testing.assert_allclose(np.asarray(lam1), _dense("linreg", "random")[1][:2], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(lam2), _dense("linreg", "near-min")[1][:2], rtol=1e-12)
+    assert vec2.shape == (2, 200)
+
+    # Another option is another program; then that one is reused as well.
+    with _compiles() as first:
+        spherical_sharpness(loss, w1, method="power", tol=1e-10)
+    assert first
+    with _compiles() as second:
+        s4 = jax.block_until_ready(spherical_sharpness(loss, w2, method="power", tol=1e-10))
+    assert second == [], second
+    np.testing.assert_allclose(float(s4.value), ref["w2"], rtol=1e-8)
+
+
+def test_public_functions_still_work_inside_jit_and_vmap():
+    """Under a trace the public functions run as plain code (no nested cached program)."""
+    loss = LOSSES["linreg"]
+    W = jnp.stack([_points("linreg")["random"], 3.0 * _points("linreg")["near-min"]])
+    lam = jax.jit(jax.vmap(lambda w: spherical_sharpness(loss, w).value))(W)
+    ref = [_dense("linreg", "random")[1][0], _dense("linreg", "near-min")[1][0]]
+    np.testing.assert_allclose(np.asarray(lam), ref, rtol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# sharpness_along: the spherical sharpness at the records of a trajectory, one compiled call
+# --------------------------------------------------------------------------------------------
+
+LR30 = _linreg(7, n=20, d=30)
+LOSS30 = linear_regression_bn(LR30.X, LR30.y)  # D = 30: small enough for dense eigh references
+W30 = jnp.asarray(np.random.default_rng(9).normal(size=30))
+
+
+@functools.cache
+def _traj30(lr=0.5):
+    # sharpness recorded at every record by the simulator (its own warm-started Lanczos chain)
+    return eosflow.simulate(LOSS30, W30, lr, 0.05, steps=200, record_every=10, sharpness_every=10)
+
+
+def _theta(w):
+    w = np.asarray(w, dtype=float)
+    return jnp.asarray(w / np.linalg.norm(w))
+
+
+def _dense_top(loss, theta, k):
+    """Dense reference at θ (jitted once per loss and k)."""
+    return np.asarray(_dense_top_jit(loss, k)(theta)[0])
+
+
+@functools.cache
+def _dense_top_jit(loss, k):
+    return jax.jit(lambda th: dense_top_eigs(loss, th, k))
+
+
+def test_sharpness_along_simulate_trajectory_flat_loss():
+    traj = _traj30()
+    with _compiles() as first:
+        r = sharpness_along(LOSS30, traj, every=3)
+    assert first
+    assert isinstance(r, SharpnessAlong)
+    np.testing.assert_array_equal(r.index, np.arange(0, 20, 3))
+    np.testing.assert_array_equal(np.asarray(r.step), np.asarray(traj.step)[::3])
+    assert r.eigenvalues.shape == (7, 1) and r.num_hvps.shape == (7,) and r.eigenvectors is None
+    lam = np.asarray(r.sharpness)
+    W = np.asarray(traj.w)
+    for j in (0, 3, 6):  # a few points: per-point spherical_sharpness and dense eigh
+        w = W[r.index[j]]
+        dense = _dense_top(LOSS30, _theta(w), 1)[0]
+        np.testing.assert_allclose(lam[j], dense, rtol=1e-8)
+        np.testing.assert_allclose(lam[j], float(spherical_sharpness(LOSS30, w).value), rtol=1e-8)
+    # the simulator's own record (Lanczos warm-started along the run) at the same steps
+    np.testing.assert_allclose(lam, np.asarray(traj.sharpness)[::3], rtol=1e-8)
+    assert np.all(np.asarray(r.residuals) <= 1e-10 * np.abs(lam)[:, None])
+
+    # Another run of the same shapes: no compilation, values right.
+    other = _traj30(0.8)
+    with _compiles() as second:
+        r2 = jax.block_until_ready(sharpness_along(LOSS30, other, every=3))
+    assert second == [], second
+    w = np.asarray(other.w)[r2.index[4]]
+    np.testing.assert_allclose(
+        float(r2.sharpness[4]), _dense_top(LOSS30, _theta(w), 1)[0], rtol=1e-8
+    )
+
+
+def test_sharpness_along_top3_with_vectors():
+    traj = _traj30()
+    r = sharpness_along(LOSS30, traj, every=4, num=3, vectors=True)
+    assert r.eigenvalues.shape == (5, 3) and r.eigenvectors.shape == (5, 3, 30)
+    W = np.asarray(traj.w)
+    H_of = _dense_hessian_jit30()
+    for j in (1, 4):
+        theta = _theta(W[r.index[j]])
+        ref = _dense_top(LOSS30, theta, 3)
+        lam1 = abs(ref[0])
+        np.testing.assert_allclose(np.asarray(r.eigenvalues[j]), ref, rtol=0, atol=1e-8 * lam1)
+        hk = hessian_top_eigs(LOSS30, theta, 3)  # per-point Lanczos, cold start
+        np.testing.assert_allclose(
+            np.asarray(r.eigenvalues[j]), np.asarray(hk.eigenvalues), rtol=0, atol=1e-8 * lam1
+        )
+        # the vectors are eigenvectors of the dense H (residual <= 1e-6 |λ1|)
+        H = np.asarray(H_of(theta))
+        for lam, v in zip(np.asarray(r.eigenvalues[j]), np.asarray(r.eigenvectors[j]), strict=True):
+            np.testing.assert_allclose(np.linalg.norm(v), 1.0, rtol=1e-12)
+            assert np.linalg.norm(H @ v - lam * v) <= 1e-6 * lam1
+
+
+@functools.cache
+def _dense_hessian_jit30():
+    return jax.jit(lambda th: dense_hessian(LOSS30, th))
+
+
+def _tree(w):
+    """Flat (30,) -> {"a": (4, 5), "b": (10,)} in ``ravel_pytree`` order (keys sorted)."""
+    return {"a": jnp.asarray(w[:20]).reshape(4, 5), "b": jnp.asarray(w[20:])}
+
+
+TREE_LOSS = eosflow.scale_invariant(lambda p: LOSS30(jnp.concatenate([p["a"].ravel(), p["b"]])))
+
+
+def test_sharpness_along_pytree_w0():
+    traj = eosflow.simulate(TREE_LOSS, _tree(W30), 0.5, 0.05, steps=100, record_every=10)
+    assert traj.w.shape == (10, 30) and traj.w_final["a"].shape == (4, 5)
+    r = sharpness_along(TREE_LOSS, traj, every=2)
+    lam = np.asarray(r.sharpness)
+    W = np.asarray(traj.w)
+    for j in (0, 2, 4):
+        w = W[r.index[j]]
+        # per point on the pytree (spherical_sharpness normalizes by the norm of all leaves)
+        np.testing.assert_allclose(
+            lam[j], float(spherical_sharpness(TREE_LOSS, _tree(w)).value), rtol=1e-8
+        )
+        # dense eigh of the same function of the flat vector (TREE_LOSS(tree(w)) = LOSS30(w))
+        np.testing.assert_allclose(lam[j], _dense_top(LOSS30, _theta(w), 1)[0], rtol=1e-8)
+    # A plain (T, D) array with w_like: the same program and numbers.
+    with _compiles() as again:
+        r2 = jax.block_until_ready(sharpness_along(TREE_LOSS, traj.w, every=2, w_like=_tree(W30)))
+    assert again == [], again
+    np.testing.assert_array_equal(np.asarray(r2.eigenvalues), np.asarray(r.eigenvalues))
+    assert r2.step is None
+    with pytest.raises(ValueError, match="w_like has 20 parameters"):
+        sharpness_along(TREE_LOSS, traj.w, w_like={"a": jnp.zeros((4, 5))})
+
+
+def test_sharpness_along_sweep_with_a_diverging_configuration():
+    """A sweep (pytree w0) where configuration 1 hits NaN: its later rows give NaN eigenvalues
+    and 0 HVPs; every finite row equals per-point spherical_sharpness and dense eigh."""
+    # sqrt(θ_a) is NaN once θ_a < 0: lr = 0.3 crosses there (tests/test_sweep.py), 0.002 and 0.005
+    # do not. D = 3.
+    loss = eosflow.scale_invariant(lambda p: jnp.sqrt(p["a"][0]) + (p["b"][0] - 0.5) ** 2)
+    w0 = {"a": jnp.array([0.5]), "b": jnp.array([0.5, 0.7])}
+    tr = eosflow.sweep(loss, w0, [0.002, 0.3, 0.005], 0.01, 40, record_every=2, progress=False)
+    bad = int(tr.nonfinite_step[1])
+    assert bad > 0 and tr.nonfinite_step[0] == tr.nonfinite_step[2] == -1
+    r = sharpness_along(loss, tr, num=2)
+    assert r.eigenvalues.shape == (3, 20, 2) and r.num_hvps.shape == (3, 20)
+    np.testing.assert_array_equal(np.asarray(r.step), np.asarray(tr.step))
+    W = np.asarray(tr.w)
+    finite = np.isfinite(W).all(axis=-1)
+    assert not finite[1].all() and finite[0].all() and finite[2].all()
+    lam = np.asarray(r.eigenvalues)
+    assert np.isnan(lam[~finite]).all() and (np.asarray(r.num_hvps)[~finite] == 0).all()
+    unravel = lambda w: {"a": jnp.asarray(w[:1]), "b": jnp.asarray(w[1:])}
+    f_flat = lambda w: loss(unravel(w))
+    checked = 0
+    for b in range(3):
+        for t in (0, 7, 19):
+            w = W[b, t]
+            if not np.isfinite(w).all():
+                continue
+            one = spherical_sharpness(loss, unravel(w))
+            ref = _dense_top(f_flat, _theta(w), 2)
+            if not np.isfinite(ref).all():  # a finite w where the loss is NaN already
+                assert np.isnan(lam[b, t]).all()
+                continue
+            np.testing.assert_allclose(lam[b, t, 0], float(one.value), rtol=1e-8)
+            np.testing.assert_allclose(lam[b, t], ref, rtol=0, atol=1e-8 * abs(ref[0]))
+            checked += 1
+    assert checked >= 7
+    # the rows of configuration 0 equal a sharpness_along of its own trajectory
+    r0 = sharpness_along(loss, eosflow.take_config(tr, 0), num=2)
+    np.testing.assert_allclose(np.asarray(r0.eigenvalues), lam[0], rtol=1e-8)
+
+
+def test_sharpness_along_bad_input():
+    with pytest.raises(ValueError, match="every"):
+        sharpness_along(LOSS30, _traj30(), every=0)
+    with pytest.raises(ValueError, match="num <= min"):
+        sharpness_along(LOSS30, _traj30(), num=21)
+    with pytest.raises(ValueError, match="record_params=False"):
+        sharpness_along(LOSS30, np.zeros((3, 4, 0)))
+    with pytest.raises(ValueError, match=r"\(T, D\) or \(B, T, D\)"):
+        sharpness_along(LOSS30, W30)
+
+
+def test_sharpness_along_docstring_example_runs():
+    tests = doctest.DocTestFinder().find(sharpness_along, "sharpness_along", globs={})
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for t in tests:
+        runner.run(t)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0 and result.attempted > 0

@@ -67,6 +67,7 @@ from eosflow.schedulers import (
 from eosflow.sharpness import (
     EigResult,
     Sharpness,
+    SharpnessAlong,
     dense_hessian,
     dense_top_eigs,
     hessian_top_eigs,
@@ -74,6 +75,7 @@ from eosflow.sharpness import (
     lanczos,
     lanczos_top_eigs,
     power_iteration,
+    sharpness_along,
     spherical_sharpness,
 )
 from eosflow.simulation import simulate, simulate_optax, simulate_rmsprop, simulate_sphere
@@ -159,6 +161,7 @@ __all__ = [
     "x64_enabled",
     "EigResult",
     "Sharpness",
+    "SharpnessAlong",
     "dense_hessian",
     "dense_top_eigs",
     "hessian_top_eigs",
@@ -167,6 +170,7 @@ __all__ = [
     "lanczos_top_eigs",
     "power_iteration",
     "spherical_sharpness",
+    "sharpness_along",
     "NonFiniteError",
     "Trajectory",
     "simulate",

@@ -68,6 +68,7 @@ Hyperparameters are ours (the paper gives none for these runs). Everything is fl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -89,9 +90,9 @@ from eosflow.losses.matrix_completion import (
     singular_values,
     split_factors,
 )
-from eosflow.optim import scalar_rmsprop
+from eosflow.optim import plain_top_eigs, scalar_rmsprop
 from eosflow.runio import Progress, RunRecorder
-from eosflow.sharpness import default_v0, hvp, lanczos_top_eigs
+from eosflow.sharpness import dense_top_eigs, sharpness_along
 from eosflow.simulation import simulate_optax, simulate_rmsprop
 
 NAME = "rmsprop"
@@ -198,34 +199,34 @@ def _mc_plain_rank(data, w):
 
 
 def _dense_top(loss, spherical: bool):
-    """Jitted ``ws (S, D) -> (λ1 (S,), v1 (S, D))`` of the dense Hessian at ``w`` (or ``θ``)."""
+    """Jitted ``ws (S, D) -> (λ1 (S,), v1 (S, D))`` of the dense Hessian at ``w`` (or ``θ``):
+    :func:`eosflow.dense_top_eigs` (``jax.hessian`` + ``eigh``) on each row."""
 
     def one(w):
         x = w / jnp.linalg.norm(w) if spherical else w
-        lam, vec = jnp.linalg.eigh(jax.hessian(loss)(x))
-        return lam[-1], vec[:, -1]
+        lam, vec = dense_top_eigs(loss, x, 1)
+        return lam[0], vec[0]
 
     return jax.jit(jax.vmap(one))
 
 
 def _lanczos_top(loss, spherical: bool):
-    """``ws (S, D) -> (λ1, v1)`` by Lanczos, one jitted call per point, warm-started."""
+    """``ws (S, D) -> (λ1, v1)`` by Lanczos (Krylov dimension 20, relative residual 1e-10)
+    warm-started from the previous row's eigenvector, all rows in one compiled call:
+    :func:`eosflow.sharpness_along` at ``θ = w/||w||`` (spherical) or
+    :func:`eosflow.optim.plain_top_eigs` at ``w`` (plain)."""
+    if spherical:
 
-    @jax.jit
-    def one(w, v):
-        x = w / jnp.linalg.norm(w) if spherical else w
-        r = lanczos_top_eigs(lambda u: hvp(loss, x, u), v, 1, num_iter=20)
-        return r.eigenvalues[0], r.eigenvectors[0]
+        def series(ws):
+            r = sharpness_along(loss, np.asarray(ws), lanczos_iter=20, vectors=True)
+            return np.asarray(r.sharpness), np.asarray(r.eigenvectors[:, 0])
+
+        return series
+    top = jax.jit(functools.partial(plain_top_eigs, loss, lanczos_iter=20))
 
     def series(ws):
-        ws = np.asarray(ws)
-        v = default_v0(ws.shape[1], ws.dtype)
-        lam, vec = [], []
-        for w in ws:
-            lam_i, v = one(w, v)
-            lam.append(np.asarray(lam_i))
-            vec.append(np.asarray(v))
-        return np.array(lam), np.array(vec)
+        lam, vec = top(jnp.asarray(ws))
+        return np.asarray(lam), np.asarray(vec)
 
     return series
 

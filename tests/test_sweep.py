@@ -242,10 +242,10 @@ def test_repeated_sweep_reuses_every_compiled_program():
     per-call fixed cost): the jit caches keep their sizes, the Python caches only get hits."""
     import eosflow.losses.base as B
     import eosflow.params as Pm
-    import eosflow.sweeps.batched as S
+    import eosflow.sweeps.compiled as K
     import eosflow.sweeps.config as C
 
-    fns = (S.sweep_chunk, C._batched_values, B._scaled_values)
+    fns = (K.sweep_chunk, C._batched_values, B._scaled_values)
     caches = (Pm._output_struct,)
     sweep(LOSS, W0, LRS, WDS, 20, progress=False)
     before = [f._cache_size() for f in fns]

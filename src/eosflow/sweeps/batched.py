@@ -44,43 +44,30 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from eosflow.driver import Records, RunState, run_records
 from eosflow.dynamics import Dynamics, GDWDHparams, gd_wd
-from eosflow.gd import StepInfo
-from eosflow.params import flatten_loss
-from eosflow.runio import Progress, save_json, save_npz
-from eosflow.sharpness import default_v0
+from eosflow.runio import Progress, save_npz
+from eosflow.sweeps.compiled import sweep_chunk
 from eosflow.sweeps.config import (
+    Plan,
     SweepConfig,
-    config_mesh,
     configurations,
-    hint_cpu_devices,
     hparams_batch,
     initial_points,
     validate_configs,
     validate_points,
 )
+from eosflow.sweeps.placement import Layout, resume_saved
 from eosflow.sweeps.store import (
-    FORMAT,
-    MANIFEST,
     RECORD_FIELDS,
     assemble,
-    check_manifest,
     chunk_arrays,
     chunk_path,
-    load_chunk,
-    manifest_config,
-    put,
-    saved_chunks,
     to_host_tree,
 )
 from eosflow.trajectory import Trajectory
@@ -89,72 +76,6 @@ from eosflow.validation import validate_run_args
 Array = jax.Array
 
 __all__ = ["sweep", "sweep_chunk", "Plan"]
-
-_AXES = RunState(0, None, 0, 0)  # vmap axes of the driver's carry: the step count is shared
-
-
-@partial(
-    jax.jit,
-    static_argnames=(
-        "loss", "dynamics", "hp_axes", "n_rec", "record_every", "sharpness_every", "lanczos_iter",
-        "record_params", "mesh", "full_records",
-    ),
-)  # fmt: skip
-def sweep_chunk(
-    loss, dynamics: Dynamics, w_like, W0, rs: RunState | None, hparams, steps, *, hp_axes,
-    n_rec, record_every, sharpness_every, lanczos_iter, record_params, mesh, full_records=False,
-):  # fmt: skip
-    """``n_rec`` records of every configuration: ``jax.vmap`` of
-    :func:`eosflow.driver.run_records` over the configuration axis, from ``rs`` (or, when it is
-    ``None``, from ``dynamics.init`` at the rows of ``W0``).
-
-    ``hp_axes`` (static, ``(treedef, axes)``) says which ``hparams`` leaves are batched.
-    Returns ``(RunState, records dict, w_final (B, D))``; a configuration's records after its
-    non-finite step are NaN.
-    """
-    f, _, _ = flatten_loss(loss, w_like)
-    axes = jax.tree_util.tree_unflatten(*hp_axes)
-    if rs is None:
-        state = jax.vmap(dynamics.init, in_axes=(0, axes))(W0, hparams)
-        v0 = jnp.broadcast_to(default_v0(W0.shape[1], W0.dtype), W0.shape)
-        rs = RunState(state, jnp.asarray(0), v0, jnp.full(W0.shape[0], -1))
-
-    def one(rs, hp):
-        return run_records(
-            f, dynamics, rs, hp, n_rec=n_rec, steps=steps, record_every=record_every,
-            sharpness_every=sharpness_every, lanczos_iter=lanczos_iter, full_records=full_records,
-        )  # fmt: skip
-
-    out_axes = (_AXES, Records(None, 0, 0, 0))
-    rs, rec = jax.vmap(one, in_axes=(_AXES, axes), out_axes=out_axes)(rs, hparams)
-    w_final = jax.vmap(dynamics.params, in_axes=(0, axes))(rs.state, hparams)
-    after = (rs.bad[:, None] >= 0) & (rec.step[None, :] > rs.bad[:, None])
-    nan = lambda x: jnp.where(after.reshape(after.shape + (1,) * (x.ndim - 2)), jnp.nan, x)
-    w = rec.w if record_params else jnp.zeros(rec.w.shape[:2] + (0,), rec.w.dtype)
-    out = {"step": rec.step, "w": nan(w), "sharpness": nan(rec.sharpness)}
-    for k in rec.info._fields:
-        out[k if k in StepInfo._fields else "extra." + k] = nan(getattr(rec.info, k))
-    if mesh is not None:
-        batched = NamedSharding(mesh, PartitionSpec("config"))
-        con = lambda x: jax.lax.with_sharding_constraint(x, batched)
-        out = {k: v if k == "step" else con(v) for k, v in out.items()}
-        rs = rs._replace(
-            state=jax.tree_util.tree_map(con, rs.state), v1=con(rs.v1), bad=con(rs.bad)
-        )
-        w_final = con(w_final)
-    return rs, out, w_final
-
-
-class Plan(NamedTuple):
-    """A checked sweep: configurations, starting points, the dynamics and batched hparams."""
-
-    cfg: SweepConfig
-    W0: np.ndarray
-    w_like: Any
-    L0: np.ndarray
-    dynamics: Dynamics
-    hparams: Any
-    hp_axes: Any
 
 
 def _plan(loss, w0, lrs, wds, steps, dynamics, hparams, grid, seeds, init_fn, w0_per_config,
@@ -315,14 +236,14 @@ def sweep(
         )
     steps, chunk = int(steps), min(int(chunk), int(steps))
     starts = list(range(0, steps, chunk))
-    lay = _Layout.make(B, plan, shard, devices)
+    lay = Layout.make(B, plan, shard, devices)
     settings = dict(
         steps=steps, chunk=chunk, record_every=int(record_every),
         sharpness_every=int(sharpness_every), lanczos_iter=int(lanczos_iter),
         record_params=bool(record_params),
     )  # fmt: skip
     out = Path(out_dir) if out_dir is not None else None
-    done, parts, rs, end = _resume(out, plan, loss, settings, starts, keep_records, lay)
+    done, parts, rs, end = resume_saved(out, plan, loss, settings, starts, keep_records, lay)
     bar = progress if isinstance(progress, Progress) else Progress(
         steps, f"sweep ({B} configurations)", enabled=bool(progress))  # fmt: skip
     if done:
@@ -335,17 +256,7 @@ def sweep(
     try:
         for i in range(done, len(starts)):
             n = min(chunk, steps - starts[i])
-            rs, rec, wf = sweep_chunk(
-                loss, plan.dynamics, plan.w_like, lay.W0, rs, lay.hparams, lay.steps(steps),
-                n_rec=math.ceil(n / record_every), full_records=n % record_every == 0, **static,
-            )  # fmt: skip
-            rec, wf, bad, leaves = to_host_tree((rec, wf, rs.bad, jax.tree_util.tree_leaves(rs)))
-            rec = {k: v if k == "step" else v[:B] for k, v in rec.items()}
-            end = {"w_final": wf[:B], "bad": bad[:B]}
-            if out is not None and jax.process_index() == 0:
-                save_npz(
-                    chunk_path(out, i), **chunk_arrays(starts[i], rec, wf[:B], bad[:B], leaves)
-                )
+            rs, rec, end = _chunk(loss, plan, lay, rs, steps, n, static, out, i, starts[i])
             if keep_records:
                 parts.append(rec)
             bar.update(starts[i] + n)
@@ -359,104 +270,18 @@ def sweep(
                     plan.hparams)  # fmt: skip
 
 
-class _Layout(NamedTuple):
-    """Where a sweep's arrays live: the mesh (or ``None``), padded batch size, and the padded,
-    placed starting points and hparams."""
-
-    mesh: Any
-    B: int
-    Bp: int
-    W0: Any
-    hparams: Any
-    batched: Any
-    replicated: Any
-
-    @staticmethod
-    def make(B: int, plan: Plan, shard: bool, devices) -> _Layout:
-        """Pad ``B`` to a multiple of the device count and shard the configuration axis."""
-        devs = jax.devices() if devices is None else list(devices)
-        if shard and devices is None and B > 1:
-            hint_cpu_devices(devs)
-        mesh = config_mesh(devs) if shard and len(devs) > 1 else None
-        Bp = -(-B // len(devs)) * len(devs) if mesh is not None else B
-        batched = NamedSharding(mesh, PartitionSpec("config")) if mesh is not None else None
-        replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
-        lay = _Layout(mesh, B, Bp, None, None, batched, replicated)
-        treedef, axes = plan.hp_axes
-        leaves = jax.tree_util.tree_leaves(plan.hparams)
-        hp = [
-            lay.place(x) if a == 0 else put(x, replicated)
-            for x, a in zip(leaves, axes, strict=True)
-        ]
-        return lay._replace(W0=lay.place(plan.W0), hparams=jax.tree_util.tree_unflatten(
-            jax.tree_util.tree_structure(plan.hparams), hp))  # fmt: skip
-
-    def pad(self, x):
-        x = np.asarray(x)
-        return (
-            np.concatenate([x, np.repeat(x[-1:], self.Bp - self.B, axis=0)])
-            if self.Bp > self.B
-            else x
-        )
-
-    def place(self, x):
-        """A host array with a leading configuration axis, padded and sharded."""
-        return put(self.pad(x), self.batched)
-
-    def steps(self, steps: int):
-        return put(np.asarray(steps), self.replicated)
-
-    def run_state(self, leaves, treedef) -> RunState:
-        """A saved :class:`RunState` back on the devices (the step count replicated)."""
-        rs = jax.tree_util.tree_unflatten(treedef, [np.asarray(x) for x in leaves])
-        return RunState(
-            jax.tree_util.tree_map(self.place, rs.state), put(rs.step, self.replicated),
-            self.place(rs.v1), self.place(rs.bad),
-        )  # fmt: skip
-
-
-def _resume(out, plan: Plan, loss, settings, starts, keep_records, lay: _Layout):
-    """Write or check the manifest and load the chunks already saved in ``out``: returns
-    ``(chunks done, their records, RunState to continue from or None, end state)``."""
-    if out is None:
-        return 0, [], None, None
-    config = manifest_config(
-        plan.cfg, plan.W0, plan.L0, plan.w_like, **settings,
-        loss=getattr(loss, "__qualname__", type(loss).__qualname__),
-        dynamics=_describe(plan.dynamics), hparams=_describe_hparams(plan.hparams),
+def _chunk(loss, plan: Plan, lay: Layout, rs, steps, n, static, out, i, start):
+    """One compiled chunk of ``n`` steps; its records and end state on the host (padding
+    stripped), saved as chunk ``i`` when ``out`` is set. Returns ``(RunState, records, end)``."""
+    B = lay.B
+    rs, rec, wf = sweep_chunk(
+        loss, plan.dynamics, plan.w_like, lay.W0, rs, lay.hparams, lay.steps(steps),
+        n_rec=math.ceil(n / static["record_every"]),
+        full_records=n % static["record_every"] == 0, **static,
     )  # fmt: skip
-    if (out / MANIFEST).exists():
-        check_manifest(out / MANIFEST, config)
-    elif jax.process_index() == 0:
-        save_json(out / MANIFEST, {"format": FORMAT, "config": config, "starts": starts})
-    done = saved_chunks(out, starts)
-    if not done:
-        return 0, [], None, None
-    parts, end = [], None
-    for i in range(done):
-        rec, end = load_chunk(out, i, RECORD_FIELDS)
-        if keep_records:
-            parts.append(rec)
-    treedef = jax.tree_util.tree_structure(_abstract_run_state(loss, plan, lay))
-    return done, parts, lay.run_state(end["rs"], treedef), end
-
-
-def _abstract_run_state(loss, plan: Plan, lay: _Layout):
-    """The structure of the sweep's :class:`RunState` (shapes only, nothing computed)."""
-    rs, _, _ = jax.eval_shape(
-        lambda W0, hp: sweep_chunk(
-            loss, plan.dynamics, plan.w_like, W0, None, hp, 1, hp_axes=plan.hp_axes, n_rec=1,
-            record_every=1, sharpness_every=0, lanczos_iter=1, record_params=False, mesh=None,
-        ), plan.W0[:1], jax.tree_util.tree_map(lambda x, a: x[:1] if a == 0 else x,
-            plan.hparams, jax.tree_util.tree_unflatten(*plan.hp_axes), is_leaf=lambda x: x is None),
-    )  # fmt: skip
-    return rs
-
-
-def _describe(dynamics: Dynamics) -> str:
-    """A stable text naming a dynamics' functions (for the manifest)."""
-    return " ".join(getattr(f, "__qualname__", repr(f)) for f in dynamics[:4] if f is not None)
-
-
-def _describe_hparams(hparams) -> list:
-    return [np.asarray(x).tolist() for x in jax.tree_util.tree_leaves(hparams)]
+    rec, wf, bad, leaves = to_host_tree((rec, wf, rs.bad, jax.tree_util.tree_leaves(rs)))
+    rec = {k: v if k == "step" else v[:B] for k, v in rec.items()}
+    end = {"w_final": wf[:B], "bad": bad[:B]}
+    if out is not None and jax.process_index() == 0:
+        save_npz(chunk_path(out, i), **chunk_arrays(start, rec, wf[:B], bad[:B], leaves))
+    return rs, rec, end

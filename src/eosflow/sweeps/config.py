@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh
 
 from eosflow.devices import cpu_cores
+from eosflow.dynamics import Dynamics
 from eosflow.losses.base import SCALE_INVARIANCE_RTOL, check_scale_invariance
 from eosflow.params import flatten_loss
 
@@ -31,6 +32,7 @@ __all__ = [
     "validate_points",
     "hint_cpu_devices",
     "hparams_batch",
+    "Plan",
 ]
 
 
@@ -266,3 +268,15 @@ def hparams_batch(hparams) -> tuple[int, Any]:
         )
     axes = [0 if np.ndim(x) >= 1 else None for x in leaves]
     return sizes[0], jax.tree_util.tree_unflatten(treedef, axes)
+
+
+class Plan(NamedTuple):
+    """A checked sweep: configurations, starting points, the dynamics and batched hparams."""
+
+    cfg: SweepConfig
+    W0: np.ndarray
+    w_like: Any
+    L0: np.ndarray
+    dynamics: Dynamics
+    hparams: Any
+    hp_axes: Any

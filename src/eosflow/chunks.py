@@ -27,7 +27,7 @@ from eosflow.driver import RunState, start_run_state
 from eosflow.runio import Progress, save_npz
 from eosflow.simulation import Resolved, resolve_dynamics, run_part
 from eosflow.trajectory import NonFiniteError, Trajectory, cut_at_nonfinite
-from eosflow.validation import validate_on_nonfinite, validate_run_args
+from eosflow.validation import validate_chunk, validate_on_nonfinite, validate_run_args
 
 __all__ = ["run_chunked", "concat_trajectories", "default_chunk", "CheckpointMismatch"]
 
@@ -180,13 +180,7 @@ def run_chunked(
     validate_run_args(loss, w0, steps, record_every, sharpness_every,
                       check_invariance and not plain, where)  # fmt: skip
     chunk = default_chunk(int(steps), int(record_every)) if chunk is None else chunk
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-        raise ValueError(f"{where}: chunk must be an integer >= 1, got {chunk!r}")
-    if chunk % record_every:
-        raise ValueError(
-            f"{where}: chunk ({chunk}) must be a multiple of record_every ({record_every}) so "
-            "that records fall on the same steps as in one long run"
-        )
+    chunk = validate_chunk(chunk, record_every, where)
     kw = dict(record_every=int(record_every), sharpness_every=int(sharpness_every),
               lanczos_iter=int(lanczos_iter))  # fmt: skip
     bar = progress if isinstance(progress, Progress) else Progress(steps, label, enabled=progress)

@@ -19,6 +19,7 @@ __all__ = [
     "validate_hyperparams",
     "validate_run_args",
     "validate_on_nonfinite",
+    "validate_chunk",
 ]
 
 
@@ -105,3 +106,16 @@ def validate_on_nonfinite(on_nonfinite: str, where: str) -> None:
     """``on_nonfinite`` must be ``"raise"`` or ``"return"``."""
     if on_nonfinite not in ("raise", "return"):
         raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'return', got {on_nonfinite!r}")
+
+
+def validate_chunk(chunk, record_every: int, where: str) -> int:
+    """``chunk`` (steps per compiled call) must be an integer >= 1 and a multiple of
+    ``record_every``, so that records fall on the same global steps as in one long run."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise ValueError(f"{where}: chunk must be an integer >= 1, got {chunk!r}")
+    if chunk % record_every:
+        raise ValueError(
+            f"{where}: chunk ({chunk}) must be a multiple of record_every ({record_every}) so "
+            "that records fall on the same steps as in one long run"
+        )
+    return int(chunk)

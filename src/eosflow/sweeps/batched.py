@@ -71,7 +71,7 @@ from eosflow.sweeps.store import (
     to_host_tree,
 )
 from eosflow.trajectory import Trajectory
-from eosflow.validation import validate_run_args
+from eosflow.validation import validate_chunk, validate_run_args
 
 Array = jax.Array
 
@@ -226,14 +226,7 @@ def sweep(
     B = plan.cfg.lr.size
     if keep_records is False and out_dir is None:
         raise ValueError("sweep: keep_records=False needs out_dir (the records would be lost)")
-    chunk = int(steps) if chunk is None else chunk
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-        raise ValueError(f"sweep: chunk must be an integer >= 1, got {chunk!r}")
-    if chunk % record_every:
-        raise ValueError(
-            f"sweep: chunk ({chunk}) must be a multiple of record_every ({record_every}) so that "
-            "records fall on the same steps as in one long run"
-        )
+    chunk = validate_chunk(int(steps) if chunk is None else chunk, record_every, "sweep")
     steps, chunk = int(steps), min(int(chunk), int(steps))
     starts = list(range(0, steps, chunk))
     lay = Layout.make(B, plan, shard, devices)

@@ -10,8 +10,9 @@ import stat
 
 import numpy as np
 import pytest
+from _helpers import run_cli
 
-from eosflow import runio
+from eosflow import cli, runio
 
 # --- output files follow the umask ---------------------------------------------------------------
 
@@ -55,3 +56,138 @@ def test_current_umask_without_proc_matches_and_is_restored(tmp_path, monkeypatc
         assert os.umask(0o027) == 0o027  # still set after the fallback's set-and-restore
     finally:
         os.umask(old)
+
+
+# --- --out that cannot be written: one line, exit 2, before computing ----------------------------
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("eosflow: error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def _no_run(monkeypatch):
+    """Make every experiment's ``run`` fail the test if it is called (nothing may compute)."""
+    from eosflow.experiments import toy3d
+
+    def run(*args, **kwargs):
+        raise AssertionError("the run started although the output folder is not writable")
+
+    monkeypatch.setattr(toy3d, "run", run)
+
+
+def test_out_under_a_regular_file_subprocess(tmp_path):
+    """A real unwritable path even for root: a folder below a regular file."""
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"
+    r = run_cli(["run", "toy3d", "--quick", "--out", out], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line = _one_line_error(r.stderr)
+    assert str(out) in line and "cannot write" in line
+    assert "running" not in r.stderr
+
+
+def test_read_only_out_folder(tmp_path, monkeypatch, capsys):
+    """A read-only existing folder (only where permissions bind: not as root)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop writes")
+        _no_run(monkeypatch)
+        assert cli.main(["run", "toy3d", "--quick", "--out", str(ro / "out")]) == 2
+        assert str(ro / "out") in _one_line_error(capsys.readouterr().err)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_read_only_file_system_reported_before_computing(tmp_path, monkeypatch, capsys):
+    """EROFS (the user's report) from the probe file: one line naming the folder, no run, exit 2."""
+    import errno
+    import tempfile
+
+    def erofs(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    _no_run(monkeypatch)
+    monkeypatch.setattr(tempfile, "mkstemp", erofs)
+    out = tmp_path / "out"
+    assert cli.main(["run", "toy3d", "--quick", "--out", str(out)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(out) in line and "Read-only file system" in line
+
+
+def test_writable_out_is_left_clean(tmp_path, monkeypatch):
+    """The probe file is removed; a writable folder passes the check."""
+    out = tmp_path / "new" / "out"
+    assert cli._prepare_out(out, force=False) is True
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert cli._prepare_out(out, force=False) is False  # exists (empty) now
+
+
+# --- a broken CIFAR-10 folder: one line, exit 2 ----------------------------------------------------
+
+
+def _fake_cifar(root):
+    """Six small, valid CIFAR-10 batch files in ``root``."""
+    import pickle
+
+    from eosflow.data import CIFAR10_FILES
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_FILES:
+        batch = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+                 b"labels": list(range(10))}  # fmt: skip
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+def _net_cifar(data_dir, out):
+    return ["run", "net", "--quick", "--dataset", "cifar10", "--data-dir", data_dir,
+            "--steps", "100", "--no-plot", "--out", out]  # fmt: skip
+
+
+def test_cifar_missing_batch_file_one_line(tmp_path, capsys):
+    root = _fake_cifar(tmp_path / "cifar")
+    (root / "data_batch_4").unlink()
+    out = tmp_path / "out"
+    assert cli.main([str(a) for a in _net_cifar(root, out)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "data_batch_4" in line and "missing" in line
+    assert not out.exists(), "a missing file is found before anything is written"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_cifar_corrupt_batch_file_one_line(tmp_path, damage):
+    root = _fake_cifar(tmp_path / "cifar")
+    bad = root / "data_batch_2"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:500])
+    else:
+        bad.write_bytes(b"\x00garbage" * 100)
+    out = tmp_path / "out"
+    r = run_cli(_net_cifar(root, out), cwd=tmp_path, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("eosflow: error: ")]
+    assert len(errors) == 1 and r.stderr.strip().splitlines()[-1] == errors[0], r.stderr
+    assert str(bad) in errors[0] and "not a readable python pickle" in errors[0]
+    assert not out.exists(), "the empty output folder made for the run is removed"
+
+
+def test_data_errors_are_also_the_builtin_exceptions(tmp_path):
+    from eosflow.data import DataError, DataFileNotFoundError, DataFormatError, load_cifar10
+
+    root = _fake_cifar(tmp_path / "cifar")
+    (root / "test_batch").write_bytes(b"")
+    with pytest.raises(DataFormatError, match="test_batch") as e:
+        load_cifar10(root)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, DataError)
+    (root / "test_batch").unlink()
+    with pytest.raises(DataFileNotFoundError, match="test_batch") as e:
+        load_cifar10(root)
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, DataError)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import eosflow
 from eosflow import experiments
+from eosflow.data import DataError
 from eosflow.runio import ARRAYS, PARTIAL, SUMMARY, save_json
 
 __all__ = ["main", "build_parser"]
@@ -194,19 +197,47 @@ def _check_config(config: dict) -> None:
         )
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _check_writable(out: Path) -> bool:
+    """Create ``out`` if needed and write and remove a probe file there, so that a read-only or
+    impossible output folder is reported before any computing. Returns whether ``out`` was
+    created here."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".eosflow-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UsageError(f"cannot write to output folder {out}: {reason}") from None
+    return created
+
+
+def _prepare_out(out: Path, force: bool) -> bool:
+    """Check the output folder (a folder, empty or ``--force``, writable) and remove an earlier
+    run's files with ``--force``. Returns whether the folder was created here."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UsageError(
-                f"output folder {out} exists and is not empty; use --force to overwrite "
-                "or --out to choose another"
-            )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(
+            f"output folder {out} exists and is not empty; use --force to overwrite "
+            "or --out to choose another"
+        )
+    created = _check_writable(out)
+    if force:
         for pattern in _OUTPUT_GLOBS:  # only files a run writes; nothing else is touched
             for f in out.glob(pattern):
                 if f.is_file():
                     f.unlink()
+    return created
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove ``out`` (created by this run) if nothing was written to it."""
+    try:
+        out.rmdir()
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- commands
@@ -250,15 +281,19 @@ def _cmd_run(args) -> int:
     if validate is not None:
         try:
             validate(config)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, DataError) as e:
             raise UsageError(f"bad settings for {args.name}: {e}") from None
     out = args.out or Path("runs") / (args.name + ("-quick" if args.quick else ""))
-    _prepare_out(out, args.force)
+    created = _prepare_out(out, args.force)
 
     mode = "quick" if args.quick else "full"
     print(f"eosflow: running {args.name} ({mode}) -> {out}", file=sys.stderr)
     try:
         key_numbers = module.run(config, out, progress=not args.no_progress)
+    except DataError as e:
+        if created:
+            _remove_if_empty(out)
+        raise UsageError(f"bad data for {args.name}: {e}") from None
     except KeyboardInterrupt:
         partial = out / PARTIAL
         where = f"; chunks saved so far are in {partial}" if partial.exists() else ""

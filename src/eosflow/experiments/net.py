@@ -43,10 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eosflow.data import load_cifar10, load_digits
-from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
-from eosflow.runio import RunRecorder, run_chunked
-from eosflow.sharpness import hessian_top_eigs
+from eosflow.data import cifar10_paths, load_cifar10, load_digits
 from eosflow.experiments._common import (
     COLORS,
     LABELS,
@@ -58,6 +55,9 @@ from eosflow.experiments._common import (
     new_figure,
     save_figure,
 )
+from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
+from eosflow.runio import RunRecorder, run_chunked
+from eosflow.sharpness import hessian_top_eigs
 
 NAME = "net"
 DESCRIPTION = "scale-invariant net (MLP/VGG-11), full-batch GD+WD: sharpness and test accuracy"
@@ -96,7 +96,8 @@ def default_config(quick: bool) -> dict:
 
 
 def validate_config(config: dict) -> None:
-    """Raise ``ValueError`` on settings the run cannot use."""
+    """Raise ``ValueError`` on settings the run cannot use (``DataFileNotFoundError`` when a
+    CIFAR-10 file is missing)."""
     c = config
     if c["dataset"] not in ("digits", "cifar10"):
         raise ValueError(f"dataset must be 'digits' or 'cifar10', got {c['dataset']!r}")
@@ -108,6 +109,7 @@ def validate_config(config: dict) -> None:
             )
         if not os.path.isdir(c["data_dir"]):
             raise ValueError(f"data_dir {c['data_dir']!r} is not a directory")
+        cifar10_paths(c["data_dir"])  # all six files there (read, and checked, by run)
     if c["arch"] not in ("mlp", "vgg11"):
         raise ValueError(f"arch must be 'mlp' or 'vgg11', got {c['arch']!r}")
     if c["arch"] == "mlp" and (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import nullcontext as _nullcontext
 
 import numpy as np
 import pytest
@@ -191,3 +192,109 @@ def test_data_errors_are_also_the_builtin_exceptions(tmp_path):
     with pytest.raises(DataFileNotFoundError, match="test_batch") as e:
         load_cifar10(root)
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, DataError)
+
+
+# --- float32 in the theory routines: a warning, and a manifold error that says why ----------------
+
+
+@pytest.fixture
+def fresh_float32_warning(monkeypatch):
+    """Forget that the once-per-process warning was shown."""
+    from eosflow import precision
+
+    monkeypatch.setitem(precision._warned, "float32", False)
+
+
+def _toy_point(dtype):
+    import jax.numpy as jnp
+
+    import eosflow
+
+    loss = eosflow.toy3d()
+    theta = jnp.asarray([0.5, 0.8, 0.3], dtype)  # near, not on, the circle of minimizers
+    return loss, theta / jnp.linalg.norm(theta)
+
+
+def _call(routine, loss, theta):
+    import jax
+
+    import eosflow
+
+    if routine == "project_to_manifold":
+        return eosflow.project_to_manifold(loss, theta)
+    if routine == "local_geometry":
+        return eosflow.local_geometry(loss, theta)
+    if routine == "eos_init":
+        return eosflow.eos_init(loss, theta, 0.1, 0.01, 1e-3, jax.random.PRNGKey(0))
+    if routine == "oscillation":
+        traj = eosflow.simulate(loss, theta, 0.1, 0.01, 5)
+        return eosflow.oscillation(loss, traj)
+    with pytest.raises(ValueError):  # sharpness_reduction_flow: theta is off the manifold
+        eosflow.sharpness_reduction_flow(loss, theta, 1.0)
+
+
+ROUTINES = ["project_to_manifold", "local_geometry", "eos_init", "oscillation",
+            "sharpness_reduction_flow"]  # fmt: skip
+
+
+@pytest.mark.parametrize("routine", ROUTINES)
+def test_float32_warns_once_with_the_fix(routine, fresh_float32_warning):
+    import warnings
+
+    import eosflow
+
+    assert issubclass(eosflow.Float32Warning, UserWarning)
+    assert "Float32Warning" in eosflow.__all__
+    loss, theta = _toy_point(np.float32)
+    with pytest.warns(eosflow.Float32Warning, match=r"enable_x64|float64 arrays") as rec:
+        _call(routine, loss, theta)
+    found = [w for w in rec if issubclass(w.category, eosflow.Float32Warning)]
+    assert len(found) == 1 and routine in str(found[0].message)
+    assert found[0].filename == __file__, "the warning points at the caller's line"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", eosflow.Float32Warning)
+        _call(routine, loss, theta)  # once per process: no second warning
+        eosflow.project_to_manifold(loss, theta)
+
+
+@pytest.mark.parametrize("routine", ROUTINES)
+def test_float64_does_not_warn(routine, fresh_float32_warning):
+    import warnings
+
+    import eosflow
+
+    loss, theta = _toy_point(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", eosflow.Float32Warning)
+        _call(routine, loss, theta)
+
+
+def test_manifold_error_names_float32_only_in_float32(fresh_float32_warning):
+    import eosflow
+
+    for dtype, says_float32 in ((np.float64, False), (np.float32, True)):
+        loss, theta = _toy_point(dtype)
+        with pytest.warns() if says_float32 else _nullcontext():
+            with pytest.raises(ValueError, match="not on the minimizer manifold") as e:
+                eosflow.sharpness_reduction_flow(loss, theta, 1.0)
+        msg = str(e.value)
+        assert ("float32" in msg) is says_float32, msg
+        assert ("enable_x64" in msg) is says_float32, msg
+        assert "project_to_manifold" in msg
+
+
+def test_readme_example_in_float32_warns_at_the_projection(fresh_float32_warning):
+    """The README's steps on float32 arrays: the projection already warns, then the flow's
+    manifold check fails (the user's report: float32 cannot reach its tolerances) and says so."""
+    import jax.numpy as jnp
+
+    import eosflow
+
+    loss = eosflow.scale_invariant(lambda w: (2.0 + w[2]) * (w[0] - 0.5) ** 2)
+    theta = jnp.asarray([0.52, 0.8, -0.2], jnp.float32)
+    with pytest.warns(eosflow.Float32Warning, match="project_to_manifold"):
+        zeta0 = eosflow.project_to_manifold(loss, theta).point
+    assert zeta0.dtype == jnp.float32
+    with pytest.raises(ValueError, match="not on the minimizer manifold") as e:
+        eosflow.sharpness_reduction_flow(loss, zeta0, 0.01, num_saves=3)
+    assert "float32" in str(e.value) and "enable_x64" in str(e.value)

@@ -48,7 +48,7 @@ from eosflow.optim import (
     simulate_optax,
     simulate_rmsprop,
 )
-from eosflow.precision import enable_x64, x64_enabled
+from eosflow.precision import Float32Warning, enable_x64, x64_enabled
 from eosflow.schedulers import (
     EffLRScheduler,
     GDWDHparams,
@@ -155,6 +155,7 @@ __all__ = [
     "cpu_cores",
     "enable_x64",
     "x64_enabled",
+    "Float32Warning",
     "EigResult",
     "Sharpness",
     "dense_hessian",

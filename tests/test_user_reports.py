@@ -298,3 +298,23 @@ def test_readme_example_in_float32_warns_at_the_projection(fresh_float32_warning
     with pytest.raises(ValueError, match="not on the minimizer manifold") as e:
         eosflow.sharpness_reduction_flow(loss, zeta0, 0.01, num_saves=3)
     assert "float32" in str(e.value) and "enable_x64" in str(e.value)
+
+
+# --- messages that compare two settings name both values --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["matrix-completion-bn", "--steps", "50", "--set", "record_every=100"],
+         "steps (50) must be >= record_every (100)"),
+        (["net", "--steps", "50"], "steps (50) must be >= sharpness_every (100)"),
+        (["rmsprop", "--steps", "50", "--set", "sharpness_every=20", "--set", "record_every=10"],
+         "steps (50) must be >= 4 * sharpness_every (80)"),
+        (["toy3d", "--set", "record_every=3"], "must be a multiple of record_every (3)"),
+    ],
+)  # fmt: skip
+def test_comparison_errors_name_both_values(args, message, tmp_path, capsys):
+    assert cli.main(["run", *args, "--quick", "--out", str(tmp_path / "out")]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert message in line, line

@@ -29,6 +29,7 @@ import numpy as np
 
 from eosflow.analysis import oscillation, tracking
 from eosflow.eos import eos_onset, fit_step
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.flow import sharpness_reduction_flow
 from eosflow.losses import (
     linear_regression_bn,
@@ -38,7 +39,6 @@ from eosflow.losses import (
 )
 from eosflow.manifold import project_to_manifold
 from eosflow.runio import RunRecorder, run_chunked
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "linreg-bn"
 DESCRIPTION = "linear regression with BN: GD+WD at EoS moves to the min-norm solution (M)"
@@ -76,7 +76,10 @@ def validate_config(config: dict) -> None:
     if config["save_w_every"] % config["sharpness_every"] and (
         config["sharpness_every"] % config["save_w_every"]
     ):
-        raise ValueError("save_w_every and sharpness_every must divide one another")
+        raise ValueError(
+            f"save_w_every ({config['save_w_every']}) and sharpness_every "
+            f"({config['sharpness_every']}) must divide one another"
+        )
 
 
 def _dist_and_test(data, W):

@@ -44,17 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.eos import eos_onset
-from eosflow.losses import (
-    effective_rank,
-    make_matrix_completion_data,
-    matrix_completion_bn,
-    matrix_completion_test_mse,
-    singular_values,
-    split_factors,
-)
-from eosflow.runio import RunRecorder, run_chunked
-from eosflow.sharpness import hessian_top_eigs
-from eosflow.simulate import PER_RECORD
 from eosflow.experiments._common import (
     COLORS,
     LABELS,
@@ -66,6 +55,17 @@ from eosflow.experiments._common import (
     new_figure,
     save_figure,
 )
+from eosflow.losses import (
+    effective_rank,
+    make_matrix_completion_data,
+    matrix_completion_bn,
+    matrix_completion_test_mse,
+    singular_values,
+    split_factors,
+)
+from eosflow.runio import RunRecorder, run_chunked
+from eosflow.sharpness import hessian_top_eigs
+from eosflow.simulate import PER_RECORD
 
 NAME = "matrix-completion-bn"
 DESCRIPTION = "matrix completion with BN: GD+WD lowers sharpness, rank and test MSE after fitting"
@@ -107,9 +107,12 @@ def validate_config(config: dict) -> None:
     if min(c["k"], c["record_every"], c["sharpness_every"], c["no_bn_hess_every"]) < 1:
         raise ValueError("k, record_every, sharpness_every and no_bn_hess_every must be >= 1")
     if c["sharpness_every"] % c["record_every"] or c["no_bn_hess_every"] % c["record_every"]:
-        raise ValueError("sharpness_every and no_bn_hess_every must be multiples of record_every")
+        raise ValueError(
+            f"sharpness_every ({c['sharpness_every']}) and no_bn_hess_every "
+            f"({c['no_bn_hess_every']}) must be multiples of record_every ({c['record_every']})"
+        )
     if c["steps"] < c["record_every"]:
-        raise ValueError("steps must be >= record_every")
+        raise ValueError(f"steps ({c['steps']}) must be >= record_every ({c['record_every']})")
     if not c["init_scale"] > 0 or not c["fit_tol"] > 0:
         raise ValueError("init_scale and fit_tol must be > 0")
 

@@ -129,9 +129,14 @@ def validate_config(config: dict) -> None:
     if min(c["record_every"], c["sharpness_every"], c["no_bn_hess_every"]) < 1:
         raise ValueError("record_every, sharpness_every and no_bn_hess_every must be >= 1")
     if c["sharpness_every"] % c["record_every"] or c["no_bn_hess_every"] % c["record_every"]:
-        raise ValueError("sharpness_every and no_bn_hess_every must be multiples of record_every")
+        raise ValueError(
+            f"sharpness_every ({c['sharpness_every']}) and no_bn_hess_every "
+            f"({c['no_bn_hess_every']}) must be multiples of record_every ({c['record_every']})"
+        )
     if c["steps"] < c["sharpness_every"]:
-        raise ValueError("steps must be >= sharpness_every")
+        raise ValueError(
+            f"steps ({c['steps']}) must be >= sharpness_every ({c['sharpness_every']})"
+        )
     runs = c["runs"]
     if not isinstance(runs, list) or not runs or any(r not in RUNS for r in runs):
         raise ValueError(f"runs must be a non-empty list drawn from {list(RUNS)}, got {runs!r}")

@@ -29,10 +29,10 @@ import jax
 import numpy as np
 
 from eosflow.eos import eos_onset
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.losses import linear_regression_bn, make_linear_regression_data
 from eosflow.runio import RunRecorder, run_chunked
 from eosflow.simulate import PER_RECORD
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "norm-dynamics"
 DESCRIPTION = "linear regression with BN: ||w_t|| and the effective LR against ||grad L(theta_t)||"

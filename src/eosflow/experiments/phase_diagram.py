@@ -57,6 +57,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from eosflow.eos import eos_onset
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.losses import (
     linear_regression_bn,
     make_linear_regression_data,
@@ -64,7 +65,6 @@ from eosflow.losses import (
 )
 from eosflow.runio import RunRecorder
 from eosflow.sweep import sweep, take_config
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "phase-diagram"
 DESCRIPTION = (
@@ -104,7 +104,10 @@ def validate_config(config: dict) -> None:
     if min(c["lrs"]) <= 0 or min(c["wds"]) <= 0:
         raise ValueError("every lr must be > 0 and every wd > 0 (without WD there is no EoS entry)")
     if max(c["lrs"]) * max(c["wds"]) >= 1:
-        raise ValueError("need lr*wd < 1 for every pair of the grid")
+        raise ValueError(
+            f"need lr*wd < 1 for every pair of the grid, got max(lrs)*max(wds) = "
+            f"{max(c['lrs']) * max(c['wds']):g}"
+        )
     if c["n"] < 3 or c["d"] < 2 or c["every"] < 1 or c["chunk"] < 1:
         raise ValueError("need n >= 3, d >= 2, every >= 1, chunk >= 1")
     if c["chunk"] % c["every"]:

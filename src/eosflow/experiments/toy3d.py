@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eosflow.eos import eos_onset
+from eosflow.experiments._common import as_float, load_arrays, load_summary, save_figure
 from eosflow.flow import sharpness_reduction_flow
 from eosflow.losses import (
     TOY3D_ROTATION,
@@ -34,7 +35,6 @@ from eosflow.losses import (
 )
 from eosflow.manifold import project_to_manifold
 from eosflow.runio import RunRecorder, run_chunked
-from eosflow.experiments._common import as_float, load_arrays, load_summary, save_figure
 
 NAME = "toy3d"
 DESCRIPTION = "3-D toy loss: GD+WD at EoS drifts along the minimizer curve to its flattest point"
@@ -63,7 +63,10 @@ def validate_config(config: dict) -> None:
     if not config["c"] > 1:
         raise ValueError("toy3d needs c > 1")
     if config["sharpness_every"] % config["record_every"]:
-        raise ValueError("sharpness_every must be a multiple of record_every")
+        raise ValueError(
+            f"sharpness_every ({config['sharpness_every']}) must be a multiple of record_every "
+            f"({config['record_every']})"
+        )
 
 
 def _angle(theta) -> np.ndarray:

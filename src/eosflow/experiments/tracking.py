@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from eosflow.analysis import eos_init, tracking
+from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 from eosflow.flow import sharpness_reduction_flow
 from eosflow.losses import (
     linear_regression_bn,
@@ -29,7 +30,6 @@ from eosflow.losses import (
 )
 from eosflow.manifold import project_to_manifold
 from eosflow.runio import RunRecorder, run_chunked
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
 
 NAME = "tracking"
 DESCRIPTION = "Theorem 4.7: max_t ||theta_t - zeta(t eta_in)|| against eta_in, log-log slope"

@@ -318,3 +318,49 @@ def test_comparison_errors_name_both_values(args, message, tmp_path, capsys):
     assert cli.main(["run", *args, "--quick", "--out", str(tmp_path / "out")]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert message in line, line
+
+
+# --- eosflow run NAME --help lists NAME's settings -------------------------------------------------
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", *argv])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_run_name_help_lists_every_setting_with_defaults(capsys):
+    import json
+
+    from eosflow import experiments
+
+    names = experiments.names()
+    assert len(names) >= 8
+    for name in names:
+        text = _help(capsys, name, "--help")
+        assert f"settings of {name}" in text and "examples:" in text
+        full = experiments.get(name).default_config(False)
+        quick = experiments.get(name).default_config(True)
+        lines = text.splitlines()
+        for key, value in full.items():
+            if key == "quick":
+                continue
+            row = [ln for ln in lines if ln.strip().startswith(f"{key} = ")]
+            assert len(row) == 1, (name, key, text)
+            assert row[0].split(f"{key} = ", 1)[1].startswith(json.dumps(value)), row[0]
+            if quick[key] != value:
+                assert row[0].endswith(f"(--quick: {json.dumps(quick[key])})"), row[0]
+            else:
+                assert "--quick" not in row[0], row[0]
+
+
+def test_run_help_settings_wherever_help_and_name_are(capsys):
+    for argv in (["--quick", "--out", "x", "linreg-bn", "-h"], ["-h", "linreg-bn"],
+                 ["linreg-bn", "--set", "n=50", "--help"]):  # fmt: skip
+        text = _help(capsys, *argv)
+        assert "settings of linreg-bn" in text and "steps = 10000" in text, argv
+        assert "(--quick: 3000)" in text
+    generic = _help(capsys, "--help")
+    assert "steps = " not in generic and "eosflow run NAME --help" in generic
+    assert "unknown experiment 'nope'" in _help(capsys, "nope", "--help")

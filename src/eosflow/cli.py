@@ -2,7 +2,8 @@
 
 ``eosflow list`` shows the experiments; ``eosflow run NAME`` runs one, with a progress bar on
 stderr, and writes to its output folder (default ``runs/NAME``, ``runs/NAME-quick`` with
-``--quick``): ``arrays.npz``, ``summary.json`` and PNG figures. Every run is in float64
+``--quick``): ``arrays.npz``, ``summary.json`` and PNG figures. ``eosflow run NAME --help`` lists
+the experiment's settings (``--set KEY=VALUE``) with their defaults. Every run is in float64
 (:func:`eosflow.enable_x64` is called first, and :func:`eosflow.use_cpu_devices` so that sweeps
 use every core) and deterministic: the same seed and settings give the
 same numbers.
@@ -33,6 +34,7 @@ __all__ = ["main", "build_parser"]
 EPILOG = """\
 examples:
   eosflow list
+  eosflow run linreg-bn --help                      # its settings (--set KEY=VALUE), defaults
   eosflow run matrix-completion-bn --quick          # ~35 s on 2 CPU cores -> runs/matrix-completion-bn-quick
   eosflow run matrix-completion-bn                  # full size -> runs/matrix-completion-bn
   eosflow run norm-dynamics --lr 0.2 --wd 0.005 --steps 5000 --out runs/nd-lr0.2
@@ -54,8 +56,48 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands ``list`` and ``run``)."""
+def settings_help(name: str) -> str:
+    """The ``--set`` keys of experiment ``name`` with their defaults (as JSON, the form ``--set``
+    takes) and, where it differs, the ``--quick`` value; for an unknown ``name``, a line saying
+    so."""
+    try:
+        module = experiments.get(name)
+    except KeyError as e:
+        return f"{e.args[0]}\n\n"
+    full, quick = module.default_config(False), module.default_config(True)
+    rows = [
+        (key, json.dumps(value), "" if quick.get(key) == value else json.dumps(quick.get(key)))
+        for key, value in full.items()
+        if key != "quick"
+    ]
+    width = max((len(k) + len(v) for k, v, _ in rows), default=0) + 3
+    lines = [
+        f"{name}: {experiments.discover()[name].description}",
+        "",
+        f"settings of {name} (--set KEY=VALUE, VALUE as JSON; the default, and the --quick value",
+        "where it differs; --steps/--lr/--wd/--seed set those keys too):",
+    ]
+    for key, value, q in rows:
+        text = f"{key} = {value}"
+        lines.append(f"  {text:<{width}}  (--quick: {q})" if q else f"  {text}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _help_target(argv: list[str]) -> str | None:
+    """The NAME of ``eosflow run NAME ... --help`` (wherever the options are), else ``None``."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    try:
+        args, _ = build_parser().parse_known_args(rest)
+    except (UsageError, SystemExit):
+        return None
+    return args.name if args.command == "run" else None
+
+
+def build_parser(help_for: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (subcommands ``list`` and ``run``); ``help_for`` names an experiment
+    whose settings ``run --help`` lists (:func:`settings_help`)."""
     p = _Parser(
         prog="eosflow",
         description="Reproduce the experiments of Lyu, Li & Arora (2022), 'Understanding the "
@@ -74,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "run",
         help="run one experiment",
-        description="Run one experiment: compute, save arrays.npz and summary.json, draw figures.",
-        epilog=EPILOG,
+        description="Run one experiment: compute, save arrays.npz and summary.json, draw figures.\n"
+        "'eosflow run NAME --help' lists the settings of experiment NAME.",
+        epilog=(settings_help(help_for) if help_for else "") + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("name", metavar="NAME", help="experiment name (see 'eosflow list')")
@@ -327,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         pass
     eosflow.enable_x64()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        parser = build_parser(help_for=_help_target(argv))
         args = parser.parse_args(argv)
         if args.command == "list":
             return _cmd_list()

@@ -56,7 +56,7 @@ from eosflow.manifold import (
     project_to_manifold,
 )
 from eosflow.optim import OptimRun, from_optax, scalar_rmsprop
-from eosflow.precision import enable_x64, x64_enabled
+from eosflow.precision import Float32Warning, enable_x64, x64_enabled
 from eosflow.schedulers import (
     EffLRScheduler,
     RMSpropHparams,
@@ -159,6 +159,7 @@ __all__ = [
     "cpu_cores",
     "enable_x64",
     "x64_enabled",
+    "Float32Warning",
     "EigResult",
     "Sharpness",
     "SharpnessAlong",

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.manifold import local_geometry, project_to_manifold
+from eosflow.precision import warn_if_low_precision
 
 Array = jax.Array
 
@@ -43,6 +44,7 @@ def eos_init(
       ``w_0 (D,)``.
     """
     zeta0 = jnp.asarray(zeta0)
+    warn_if_low_precision("eos_init", zeta0.dtype)
     D = zeta0.shape[0]
     lam = local_geometry(loss, zeta0).sharpness if sharpness is None else sharpness
     xi = sigma0 * jax.random.normal(key, (D,), zeta0.dtype) / jnp.sqrt(D)
@@ -84,6 +86,7 @@ def tracking(loss: Callable, traj, flow, t0: int = 0, *, with_phi: bool = True) 
     Returns:
       a :class:`TrackingResult` (NumPy arrays).
     """
+    warn_if_low_precision("tracking", np.asarray(traj.theta).dtype)
     eta_in = float(traj.lr * traj.wd)
     steps = np.asarray(traj.step)
     tau = (steps - t0) * eta_in
@@ -130,6 +133,7 @@ def oscillation(loss: Callable, traj, start: int | None = None, stop: int | None
     Returns:
       an :class:`OscillationResult`.
     """
+    warn_if_low_precision("oscillation", np.asarray(traj.theta).dtype)
     steps = np.asarray(traj.step)
     sel = np.ones_like(steps, dtype=bool)
     if start is not None:

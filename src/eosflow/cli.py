@@ -2,7 +2,8 @@
 
 ``eosflow list`` shows the experiments; ``eosflow run NAME`` runs one, with a progress bar on
 stderr, and writes to its output folder (default ``runs/NAME``, ``runs/NAME-quick`` with
-``--quick``): ``arrays.npz``, ``summary.json`` and PNG figures. Every run is in float64
+``--quick``): ``arrays.npz``, ``summary.json`` and PNG figures. ``eosflow run NAME --help`` lists
+the experiment's settings (``--set KEY=VALUE``) with their defaults. Every run is in float64
 (:func:`eosflow.enable_x64` is called first, and :func:`eosflow.use_cpu_devices` so that sweeps
 use every core) and deterministic: the same seed and settings give the
 same numbers.
@@ -20,14 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import eosflow
 from eosflow import experiments
 from eosflow.chunks import CheckpointMismatch
+from eosflow.data import DataError
 from eosflow.runio import ARRAYS, CHECKPOINTS, PARTIAL, SUMMARY, jsonable, save_json
 
 __all__ = ["main", "build_parser"]
@@ -35,6 +39,7 @@ __all__ = ["main", "build_parser"]
 EPILOG = """\
 examples:
   eosflow list
+  eosflow run linreg-bn --help                      # its settings (--set KEY=VALUE), defaults
   eosflow run matrix-completion-bn --quick          # ~35 s on 2 CPU cores -> runs/matrix-completion-bn-quick
   eosflow run matrix-completion-bn                  # full size -> runs/matrix-completion-bn
   eosflow run norm-dynamics --lr 0.2 --wd 0.005 --steps 5000 --out runs/nd-lr0.2
@@ -57,8 +62,48 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands ``list`` and ``run``)."""
+def settings_help(name: str) -> str:
+    """The ``--set`` keys of experiment ``name`` with their defaults (as JSON, the form ``--set``
+    takes) and, where it differs, the ``--quick`` value; for an unknown ``name``, a line saying
+    so."""
+    try:
+        module = experiments.get(name)
+    except KeyError as e:
+        return f"{e.args[0]}\n\n"
+    full, quick = module.default_config(False), module.default_config(True)
+    rows = [
+        (key, json.dumps(value), "" if quick.get(key) == value else json.dumps(quick.get(key)))
+        for key, value in full.items()
+        if key != "quick"
+    ]
+    width = max((len(k) + len(v) for k, v, _ in rows), default=0) + 3
+    lines = [
+        f"{name}: {experiments.discover()[name].description}",
+        "",
+        f"settings of {name} (--set KEY=VALUE, VALUE as JSON; the default, and the --quick value",
+        "where it differs; --steps/--lr/--wd/--seed set those keys too):",
+    ]
+    for key, value, q in rows:
+        text = f"{key} = {value}"
+        lines.append(f"  {text:<{width}}  (--quick: {q})" if q else f"  {text}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _help_target(argv: list[str]) -> str | None:
+    """The NAME of ``eosflow run NAME ... --help`` (wherever the options are), else ``None``."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    try:
+        args, _ = build_parser().parse_known_args(rest)
+    except (UsageError, SystemExit):
+        return None
+    return args.name if args.command == "run" else None
+
+
+def build_parser(help_for: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (subcommands ``list`` and ``run``); ``help_for`` names an experiment
+    whose settings ``run --help`` lists (:func:`settings_help`)."""
     p = _Parser(
         prog="eosflow",
         description="Reproduce the experiments of Lyu, Li & Arora (2022), 'Understanding the "
@@ -77,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "run",
         help="run one experiment",
-        description="Run one experiment: compute, save arrays.npz and summary.json, draw figures.",
-        epilog=EPILOG,
+        description="Run one experiment: compute, save arrays.npz and summary.json, draw figures.\n"
+        "'eosflow run NAME --help' lists the settings of experiment NAME.",
+        epilog=(settings_help(help_for) if help_for else "") + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("name", metavar="NAME", help="experiment name (see 'eosflow list')")
@@ -205,15 +251,33 @@ def _check_config(config: dict) -> None:
         )
 
 
-def _prepare_out(out: Path, force: bool, resume: bool, name: str, config: dict) -> None:
+def _check_writable(out: Path) -> bool:
+    """Create ``out`` if needed and write and remove a probe file there, so that a read-only or
+    impossible output folder is reported before any computing. Returns whether ``out`` was
+    created here."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".eosflow-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UsageError(f"cannot write to output folder {out}: {reason}") from None
+    return created
+
+
+def _prepare_out(out: Path, force: bool, resume: bool, name: str, config: dict) -> bool:
     """Check (and with ``--force`` clear) the output folder; with ``--resume`` check that it
     holds an interrupted run of ``name`` with the same ``config``. Saves the run's settings
-    next to its checkpoints so that a later ``--resume`` can check them."""
+    next to its checkpoints so that a later ``--resume`` can check them. Returns whether the
+    folder was created here."""
     if force and resume:
         raise UsageError("--force and --resume exclude each other")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder")
     settings = out / CHECKPOINTS / RUN_SETTINGS
+    created = _check_writable(out)
     if resume:
         _check_resumable(out, settings, name, config)
     elif out.is_dir() and any(out.iterdir()):
@@ -229,6 +293,7 @@ def _prepare_out(out: Path, force: bool, resume: bool, name: str, config: dict) 
                     f.unlink()
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     save_json(settings, {"experiment": name, "config": config})
+    return created
 
 
 def _check_resumable(out: Path, settings: Path, name: str, config: dict) -> None:
@@ -245,6 +310,16 @@ def _check_resumable(out: Path, settings: Path, name: str, config: dict) -> None
             f"--resume: {out} holds a run of {saved.get('experiment')!r} with other settings "
             f"(differs in: {', '.join(keys) or 'experiment'}); give the same settings, or --force"
         )
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove ``out`` (created by this run) if nothing but its settings file was written to it."""
+    try:
+        (out / CHECKPOINTS / RUN_SETTINGS).unlink(missing_ok=True)
+        (out / CHECKPOINTS).rmdir()
+        out.rmdir()
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- commands
@@ -288,15 +363,19 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
     if validate is not None:
         try:
             validate(config)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, DataError) as e:
             raise UsageError(f"bad settings for {args.name}: {e}") from None
     out = args.out or Path("runs") / (args.name + ("-quick" if args.quick else ""))
-    _prepare_out(out, args.force, args.resume, args.name, config)
+    created = _prepare_out(out, args.force, args.resume, args.name, config)
 
     mode = "quick" if args.quick else "full"
     print(f"eosflow: running {args.name} ({mode}) -> {out}", file=sys.stderr)
     try:
         key_numbers = module.run(config, out, progress=not args.no_progress)
+    except DataError as e:
+        if created:
+            _remove_if_empty(out)
+        raise UsageError(f"bad data for {args.name}: {e}") from None
     except KeyboardInterrupt:
         partial = out / PARTIAL
         where = f"; chunks saved so far are in {partial}" if partial.exists() else ""
@@ -337,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         pass
     eosflow.enable_x64()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        parser = build_parser(help_for=_help_target(argv))
         args = parser.parse_args(argv)
         if args.command == "list":
             return _cmd_list()

@@ -19,10 +19,37 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Dataset", "load_digits", "load_cifar10", "first_per_class", "CIFAR10_FILES"]
+__all__ = [
+    "Dataset",
+    "load_digits",
+    "load_cifar10",
+    "first_per_class",
+    "CIFAR10_FILES",
+    "cifar10_paths",
+    "DataError",
+    "DataFileNotFoundError",
+    "DataFormatError",
+]
 
 #: The files of the CIFAR-10 python archive (``cifar-10-batches-py``).
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+class DataError(Exception):
+    """A dataset that cannot be read; the message names the file or folder and what is wrong.
+
+    Raised as one of its two subclasses, which are also the built-in exceptions one would expect:
+    :class:`DataFileNotFoundError` (a ``FileNotFoundError``) and :class:`DataFormatError` (a
+    ``ValueError``). The ``eosflow`` command reports it on one line (exit status 2).
+    """
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data folder or file is missing."""
+
+
+class DataFormatError(DataError, ValueError):
+    """A data file is there but malformed (truncated, not a pickle, wrong keys/shape/dtype)."""
 
 
 class Dataset(NamedTuple):
@@ -140,40 +167,64 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 batch file: a pickled dict with ``b'data'`` ``(N, 3072)`` uint8 (rows are
     the R, G and B planes of a 32x32 image, row-major) and ``b'labels'`` (N ints in 0..9).
 
-    Returns ``(images (N, 32, 32, 3) uint8, labels (N,) int32)``. Raises ``FileNotFoundError`` if
-    the file is missing and ``ValueError`` naming the file and the problem if it is malformed.
+    Returns ``(images (N, 32, 32, 3) uint8, labels (N,) int32)``. Raises
+    :class:`DataFileNotFoundError` if the file is missing and :class:`DataFormatError` naming the
+    file and the problem if it is malformed.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"CIFAR-10: missing file {path}")
+        raise DataFileNotFoundError(f"CIFAR-10: missing file {path}")
     try:
         with open(path, "rb") as f:
             d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed file
-        raise ValueError(
+        raise DataFormatError(
             f"CIFAR-10: {path} is not a readable python pickle ({type(e).__name__}: {e})"
         ) from e
     if not isinstance(d, dict):
-        raise ValueError(f"CIFAR-10: {path} holds a {type(d).__name__}, expected a dict")
+        raise DataFormatError(f"CIFAR-10: {path} holds a {type(d).__name__}, expected a dict")
     for key in (b"data", b"labels"):
         if key not in d:
-            raise ValueError(
+            raise DataFormatError(
                 f"CIFAR-10: {path} has no key {key!r} (keys: {sorted(d, key=repr)[:8]})"
             )
     data = np.asarray(d[b"data"])
     labels = np.asarray(d[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(
+        raise DataFormatError(
             f"CIFAR-10: {path}: b'data' must be a (N, 3072) uint8 array, got {data.shape} {data.dtype}"
         )
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
+        raise DataFormatError(
             f"CIFAR-10: {path}: b'labels' must be {data.shape[0]} integers, got shape "
             f"{labels.shape} dtype {labels.dtype}"
         )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"CIFAR-10: {path}: labels must lie in 0..9")
+        raise DataFormatError(f"CIFAR-10: {path}: labels must lie in 0..9")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return images, labels.astype(np.int32)
+
+
+def cifar10_paths(data_dir: str | os.PathLike) -> list[str]:
+    """The six CIFAR-10 batch files in ``data_dir`` (or in its ``cifar-10-batches-py``), checked to
+    exist but not read: a cheap check before a long run.
+
+    Raises:
+      DataFileNotFoundError: ``data_dir`` or one of the files is missing (the message names it).
+    """
+    root = os.fspath(data_dir)
+    if not os.path.isdir(root):
+        raise DataFileNotFoundError(f"CIFAR-10: data directory {root} does not exist")
+    nested = os.path.join(root, "cifar-10-batches-py")
+    if not os.path.isfile(os.path.join(root, CIFAR10_FILES[0])) and os.path.isdir(nested):
+        root = nested
+    paths = [os.path.join(root, name) for name in CIFAR10_FILES]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataFileNotFoundError(
+                f"CIFAR-10: missing file {path} (the extracted cifar-10-batches-py folder of "
+                f"the 'CIFAR-10 python version' archive holds {', '.join(CIFAR10_FILES)})"
+            )
+    return paths
 
 
 def load_cifar10(
@@ -199,17 +250,14 @@ def load_cifar10(
       a :class:`Dataset` with ``x`` of shape ``(N, 32, 32, 3)``, ``name="cifar10"``.
 
     Raises:
-      FileNotFoundError: ``data_dir`` or one of the six files is missing (the message names it).
-      ValueError: a file is not a pickle, or lacks ``b'data'``/``b'labels'``, or has the wrong
-        shape or dtype (the message names the file and the problem).
+      DataFileNotFoundError: ``data_dir`` or one of the six files is missing (the message names
+        it); a ``FileNotFoundError``.
+      DataFormatError: a file is not a pickle (e.g. truncated), or lacks ``b'data'``/``b'labels'``,
+        or has the wrong shape or dtype (the message names the file and the problem); a
+        ``ValueError``.
     """
-    root = os.fspath(data_dir)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"CIFAR-10: data directory {root} does not exist")
-    nested = os.path.join(root, "cifar-10-batches-py")
-    if not os.path.isfile(os.path.join(root, CIFAR10_FILES[0])) and os.path.isdir(nested):
-        root = nested
-    batches = [_read_cifar_batch(os.path.join(root, name)) for name in CIFAR10_FILES]
+    paths = cifar10_paths(data_dir)
+    batches = [_read_cifar_batch(p) for p in paths]
     x_tr = np.concatenate([b[0] for b in batches[:5]])
     y_tr = np.concatenate([b[1] for b in batches[:5]])
     x_te, y_te = batches[5]

@@ -31,6 +31,7 @@ from eosflow.manifold import (
     project_to_manifold,
     riemannian_grad_norm,
 )
+from eosflow.precision import warn_if_low_precision
 
 Array = jax.Array
 
@@ -126,15 +127,31 @@ def flow_vector_field(loss: Callable, *, method: str = "auto", rank_rtol: float 
 def check_on_manifold(
     loss: Callable, zeta: Array, *, loss_tol: float = 1e-12, grad_tol: float = 1e-7
 ) -> None:
-    """Raise ``ValueError`` unless ``L(ζ) <= loss_tol`` and ``||∇L(ζ)|| <= grad_tol`` at unit ``ζ``."""
+    """Raise ``ValueError`` unless ``L(ζ) <= loss_tol`` and ``||∇L(ζ)|| <= grad_tol`` at unit ``ζ``.
+
+    The message says how to retract ``ζ`` onto Γ, and, if ``ζ`` is float32 (where the projection
+    cannot reach these tolerances), how to turn float64 on."""
+    zeta = jnp.asarray(zeta)
     value = float(loss(zeta))
     gn = float(riemannian_grad_norm(loss, zeta))
     if not (value <= loss_tol and gn <= grad_tol):
         raise ValueError(
             f"zeta0 is not on the minimizer manifold Γ: L(zeta0) = {value:.3g} (tolerance "
-            f"{loss_tol:g}), ||∇L(zeta0)|| = {gn:.3g} (tolerance {grad_tol:g}). Retract it first: "
-            "zeta0 = eosflow.project_to_manifold(loss, zeta0).point"
+            f"{loss_tol:g}), ||∇L(zeta0)|| = {gn:.3g} (tolerance {grad_tol:g}). "
+            + _retract_hint(zeta.dtype)
         )
+
+
+def _retract_hint(dtype) -> str:
+    """How to get ``zeta0`` onto Γ; in float32 the cause is the precision, not a missing retraction."""
+    retract = "zeta0 = eosflow.project_to_manifold(loss, zeta0).point"
+    if jnp.finfo(dtype).bits >= 64:
+        return f"Retract it first: {retract}"
+    return (
+        f"zeta0 is {jnp.dtype(dtype).name}, where the projection stops near L ~ 1e-14 and "
+        "||∇L|| ~ 1e-7, short of these tolerances: compute in float64 (call "
+        f"eosflow.enable_x64() at program start, before creating arrays), then {retract}"
+    )
 
 
 @partial(
@@ -242,6 +259,7 @@ def sharpness_reduction_flow(
     if on_failure not in ("raise", "return"):
         raise ValueError(f"on_failure must be 'raise' or 'return', got {on_failure!r}")
     zeta0 = jnp.asarray(zeta0)
+    warn_if_low_precision("sharpness_reduction_flow", zeta0.dtype)
     if zeta0.ndim != 1:
         raise ValueError(f"zeta0 must be a flat vector (D,), got shape {zeta0.shape}")
     zeta0 = zeta0 / jnp.linalg.norm(zeta0)

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from eosflow.losses.base import residual_fn
+from eosflow.precision import warn_if_low_precision
 from eosflow.sharpness import hvp
 
 Array = jax.Array
@@ -117,6 +118,8 @@ def local_geometry(
     Uses the residual fast path (SVD of the Jacobian, ``∇²L = (2/n)JᵀJ`` on Γ) when ``loss`` is a
     ``ResidualLoss`` and ``method='auto'``, else the dense Hessian. See the module docstring.
     """
+    theta = jnp.asarray(theta)
+    warn_if_low_precision("local_geometry", theta.dtype)
     if _is_residual(loss, method):
         rtol = DEFAULT_RANK_RTOL["residual"] if rank_rtol is None else rank_rtol
         r = residual_fn(loss)
@@ -192,7 +195,8 @@ def project_to_manifold(
     Returns:
       a :class:`Projection` ``(point, loss, grad_norm, num_iter)``; jittable and vmappable.
     """
-    theta = _unit(theta)
+    theta = _unit(jnp.asarray(theta))
+    warn_if_low_precision("project_to_manifold", theta.dtype)
     eps = jnp.finfo(theta.dtype).eps
     tol = float(1e3 * eps) if tol is None else tol
     if _is_residual(loss, method):

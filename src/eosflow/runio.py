@@ -173,7 +173,28 @@ def trajectory_arrays(
     return out
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS shows it (Linux ``/proc``).
+
+    Elsewhere ``os.umask`` must set it to read it: it is set to ``0o077`` for that instant (a file
+    another thread creates meanwhile gets stricter, never looser, permissions) and restored.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)
+    os.umask(old)
+    return old
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> Path:
+    """Write ``path`` through ``write(file)`` into a temporary file in the same folder, then
+    ``os.replace`` it. The file gets the permissions a plain ``open`` would give (``0o666`` less
+    the umask; ``mkstemp`` alone would leave ``0o600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -182,6 +203,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -77,7 +77,10 @@ def validate_config(config: dict) -> None:
     if config["save_w_every"] % config["sharpness_every"] and (
         config["sharpness_every"] % config["save_w_every"]
     ):
-        raise ValueError("save_w_every and sharpness_every must divide one another")
+        raise ValueError(
+            f"save_w_every ({config['save_w_every']}) and sharpness_every "
+            f"({config['sharpness_every']}) must divide one another"
+        )
 
 
 def _dist_and_test(data, W):

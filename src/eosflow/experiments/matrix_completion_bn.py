@@ -108,9 +108,12 @@ def validate_config(config: dict) -> None:
     if min(c["k"], c["record_every"], c["sharpness_every"], c["no_bn_hess_every"]) < 1:
         raise ValueError("k, record_every, sharpness_every and no_bn_hess_every must be >= 1")
     if c["sharpness_every"] % c["record_every"] or c["no_bn_hess_every"] % c["record_every"]:
-        raise ValueError("sharpness_every and no_bn_hess_every must be multiples of record_every")
+        raise ValueError(
+            f"sharpness_every ({c['sharpness_every']}) and no_bn_hess_every "
+            f"({c['no_bn_hess_every']}) must be multiples of record_every ({c['record_every']})"
+        )
     if c["steps"] < c["record_every"]:
-        raise ValueError("steps must be >= record_every")
+        raise ValueError(f"steps ({c['steps']}) must be >= record_every ({c['record_every']})")
     if not c["init_scale"] > 0 or not c["fit_tol"] > 0:
         raise ValueError("init_scale and fit_tol must be > 0")
 

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.chunks import run_chunked
-from eosflow.data import load_cifar10, load_digits
+from eosflow.data import cifar10_paths, load_cifar10, load_digits
 from eosflow.experiments._common import (
     COLORS,
     LABELS,
@@ -97,7 +97,8 @@ def default_config(quick: bool) -> dict:
 
 
 def validate_config(config: dict) -> None:
-    """Raise ``ValueError`` on settings the run cannot use."""
+    """Raise ``ValueError`` on settings the run cannot use (``DataFileNotFoundError`` when a
+    CIFAR-10 file is missing)."""
     c = config
     if c["dataset"] not in ("digits", "cifar10"):
         raise ValueError(f"dataset must be 'digits' or 'cifar10', got {c['dataset']!r}")
@@ -109,6 +110,7 @@ def validate_config(config: dict) -> None:
             )
         if not os.path.isdir(c["data_dir"]):
             raise ValueError(f"data_dir {c['data_dir']!r} is not a directory")
+        cifar10_paths(c["data_dir"])  # all six files there (read, and checked, by run)
     if c["arch"] not in ("mlp", "vgg11"):
         raise ValueError(f"arch must be 'mlp' or 'vgg11', got {c['arch']!r}")
     if c["arch"] == "mlp" and (
@@ -128,9 +130,14 @@ def validate_config(config: dict) -> None:
     if min(c["record_every"], c["sharpness_every"], c["no_bn_hess_every"]) < 1:
         raise ValueError("record_every, sharpness_every and no_bn_hess_every must be >= 1")
     if c["sharpness_every"] % c["record_every"] or c["no_bn_hess_every"] % c["record_every"]:
-        raise ValueError("sharpness_every and no_bn_hess_every must be multiples of record_every")
+        raise ValueError(
+            f"sharpness_every ({c['sharpness_every']}) and no_bn_hess_every "
+            f"({c['no_bn_hess_every']}) must be multiples of record_every ({c['record_every']})"
+        )
     if c["steps"] < c["sharpness_every"]:
-        raise ValueError("steps must be >= sharpness_every")
+        raise ValueError(
+            f"steps ({c['steps']}) must be >= sharpness_every ({c['sharpness_every']})"
+        )
     runs = c["runs"]
     if not isinstance(runs, list) or not runs or any(r not in RUNS for r in runs):
         raise ValueError(f"runs must be a non-empty list drawn from {list(RUNS)}, got {runs!r}")

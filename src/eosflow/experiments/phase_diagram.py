@@ -104,7 +104,10 @@ def validate_config(config: dict) -> None:
     if min(c["lrs"]) <= 0 or min(c["wds"]) <= 0:
         raise ValueError("every lr must be > 0 and every wd > 0 (without WD there is no EoS entry)")
     if max(c["lrs"]) * max(c["wds"]) >= 1:
-        raise ValueError("need lr*wd < 1 for every pair of the grid")
+        raise ValueError(
+            f"need lr*wd < 1 for every pair of the grid, got max(lrs)*max(wds) = "
+            f"{max(c['lrs']) * max(c['wds']):g}"
+        )
     if c["n"] < 3 or c["d"] < 2 or c["every"] < 1 or c["chunk"] < 1:
         raise ValueError("need n >= 3, d >= 2, every >= 1, chunk >= 1")
     if c["chunk"] % c["every"]:

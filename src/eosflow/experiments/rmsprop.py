@@ -148,9 +148,14 @@ def validate_config(config: dict) -> None:
     if c["record_every"] < 1 or c["sharpness_every"] < 1 or c["window"] < 4:
         raise ValueError("record_every, sharpness_every must be >= 1 and window >= 4")
     if c["sharpness_every"] % c["record_every"]:
-        raise ValueError("sharpness_every must be a multiple of record_every")
+        raise ValueError(
+            f"sharpness_every ({c['sharpness_every']}) must be a multiple of record_every "
+            f"({c['record_every']})"
+        )
     if c["steps"] < 4 * c["sharpness_every"]:
-        raise ValueError("steps must be at least 4 * sharpness_every")
+        raise ValueError(
+            f"steps ({c['steps']}) must be >= 4 * sharpness_every ({4 * c['sharpness_every']})"
+        )
     for k in ("lin_beta", "mc_beta", "momentum"):
         if not 0 <= c[k] < 1:
             raise ValueError(f"{k} must be in [0, 1)")

@@ -64,7 +64,10 @@ def validate_config(config: dict) -> None:
     if not config["c"] > 1:
         raise ValueError("toy3d needs c > 1")
     if config["sharpness_every"] % config["record_every"]:
-        raise ValueError("sharpness_every must be a multiple of record_every")
+        raise ValueError(
+            f"sharpness_every ({config['sharpness_every']}) must be a multiple of record_every "
+            f"({config['record_every']})"
+        )
 
 
 def _angle(theta) -> np.ndarray:

@@ -346,6 +346,8 @@ def _cmd_run(args) -> int:
         print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
 
+    if not args.no_plot and not args.no_progress:
+        print(f"eosflow: drawing the figures of {args.name} ...", file=sys.stderr, flush=True)
     figures = [] if args.no_plot else [Path(p) for p in module.plot(out)]
     summary_path = out / SUMMARY
     if summary_path.exists():

@@ -366,6 +366,30 @@ def test_run_help_settings_wherever_help_and_name_are(capsys):
     assert "unknown experiment 'nope'" in _help(capsys, "nope", "--help")
 
 
+# --- the README's table lists every experiment --------------------------------------------------
+
+
+def _readme_experiment_rows() -> dict[str, str]:
+    """``{NAME: row}`` of the table under the README's "## The experiments" heading."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## The experiments", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    return {row.split("`")[1]: row for row in rows}
+
+
+def test_readme_table_has_every_listed_experiment(capsys):
+    assert cli.main(["list"]) == 0
+    listed = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert "phase-diagram" in listed and "rmsprop" in listed
+    rows = _readme_experiment_rows()
+    assert sorted(rows) == sorted(listed), "README table and 'eosflow list' differ"
+    for row in rows.values():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 3 and all(cells), row  # NAME, paper, what it shows
+
+
 # --- every long phase of a run says so on stderr ----------------------------------------------------
 
 LINREG_PHASES = [

@@ -9,8 +9,8 @@ use every core) and deterministic: the same seed and settings give the
 same numbers.
 
 Bad arguments (unknown experiment, ``lr <= 0``, ``lr·wd >= 1``, ``steps < 1``, an output folder
-that exists and is not empty without ``--force``, ...) print one line on stderr and exit with
-status 2. A run that diverges exits 1; an interrupted one (Ctrl-C) exits 130 and leaves the
+that exists and is not empty without ``--force`` or cannot be written, a missing or corrupt data
+file, ...) print one line on stderr and exit with status 2. A run that diverges exits 1; an interrupted one (Ctrl-C) exits 130 and leaves the
 chunks finished so far in ``arrays.partial.npz``.
 """
 

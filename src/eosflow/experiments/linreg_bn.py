@@ -56,7 +56,7 @@ _FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
 
 
 def default_config(quick: bool) -> dict:
-    """Full: 10000 steps (about a minute on 2 cores). Quick: 3000 steps."""
+    """Full: 10000 steps (~20-45 s on 2 cores, most of it compilation). Quick: 3000 steps."""
     return {
         "quick": bool(quick),
         "seed": 0,

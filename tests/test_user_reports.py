@@ -129,7 +129,7 @@ def test_writable_out_is_left_clean(tmp_path, monkeypatch):
     assert cli._prepare_out(out, force=False) is False  # exists (empty) now
 
 
-# --- a broken CIFAR-10 folder: one line, exit 2 ----------------------------------------------------
+# --- a broken CIFAR-10 folder: one line, exit 2 -------------------------------------------------
 
 
 def _fake_cifar(root):
@@ -320,7 +320,7 @@ def test_comparison_errors_name_both_values(args, message, tmp_path, capsys):
     assert message in line, line
 
 
-# --- eosflow run NAME --help lists NAME's settings -------------------------------------------------
+# --- eosflow run NAME --help lists NAME's settings ----------------------------------------------
 
 
 def _help(capsys, *argv) -> str:
@@ -364,3 +364,107 @@ def test_run_help_settings_wherever_help_and_name_are(capsys):
     generic = _help(capsys, "--help")
     assert "steps = " not in generic and "eosflow run NAME --help" in generic
     assert "unknown experiment 'nope'" in _help(capsys, "nope", "--help")
+
+
+# --- the README's table lists every experiment --------------------------------------------------
+
+
+def _readme_experiment_rows() -> dict[str, str]:
+    """``{NAME: row}`` of the table under the README's "## The experiments" heading."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## The experiments", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    return {row.split("`")[1]: row for row in rows}
+
+
+def test_readme_table_has_every_listed_experiment(capsys):
+    assert cli.main(["list"]) == 0
+    listed = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert "phase-diagram" in listed and "rmsprop" in listed
+    rows = _readme_experiment_rows()
+    assert sorted(rows) == sorted(listed), "README table and 'eosflow list' differ"
+    for row in rows.values():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 3 and all(cells), row  # NAME, paper, what it shows
+
+
+# --- every long phase of a run says so on stderr ----------------------------------------------------
+
+LINREG_PHASES = [
+    "linreg-bn: data (n=40, d=200), then GD+WD, 3000 steps",
+    "linreg-bn [",  # run_chunked's bar
+    "linreg-bn: projection of θ at EoS entry",
+    "linreg-bn: sharpness-reduction flow (3) up to τ =",
+    "linreg-bn: tracking: Φ(θ_t) against the flow",
+    "linreg-bn tracking [",
+    "linreg-bn: Φ(θ_t) at 300 steps (every 10)",
+    "linreg-bn Φ(θ_t) [",
+    "linreg-bn: oscillation at EoS",
+    "linreg-bn oscillation [",
+    "linreg-bn: contrast: GD with wd = 0, 3000 steps",
+    "linreg-bn contrast [",
+]
+
+
+def test_linreg_quick_names_each_phase_in_order(tmp_path):
+    """The user's report: ~14 s of the run were silent. Every phase now starts with a line, and
+    the ones made of steps or points draw a bar (plain lines: stderr is not a terminal)."""
+    out = tmp_path / "out"
+    r = run_cli(["run", "linreg-bn", "--quick", "--out", out], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr
+    at = -1
+    for text in LINREG_PHASES:
+        i = err.find(text, at + 1)
+        assert i > at, f"{text!r} missing or out of order in:\n{err}"
+        at = i
+    assert "eosflow: drawing the figures of linreg-bn" in err
+    assert "300/300 points" in err and "Traceback" not in err
+
+
+def test_no_progress_silences_phase_lines_and_bars(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["run", "norm-dynamics", "--quick", "--steps", "300", "--no-progress", "--out", str(out)]
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"eosflow: running norm-dynamics (quick) -> {out}"], err
+
+
+def test_phase_and_bar_helpers(capsys):
+    from eosflow.experiments._common import bar, phase
+
+    phase("x", "step one", enabled=False)
+    b = bar("x pts", enabled=False)
+    b(0, 4)
+    b(4, 4)
+    assert capsys.readouterr().err == ""
+    phase("x", "step one")
+    b = bar("x pts")
+    b(0, 4)
+    b(4, 4)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "x: step one ..."
+    assert len(lines) == 2 and lines[1].startswith("x pts [") and "4/4 points" in lines[1]
+
+
+def test_project_points_batches_and_reports(monkeypatch):
+    """Padded batches give the same points as one projection each; progress sees 0..total."""
+    import jax
+    import jax.numpy as jnp
+
+    import eosflow
+    from eosflow.analysis import project_points
+
+    loss = eosflow.toy3d()
+    thetas = np.array(jax.random.normal(jax.random.PRNGKey(3), (7, 3)))
+    thetas /= np.linalg.norm(thetas, axis=1, keepdims=True)
+    thetas = 0.9 * thetas + 0.1 * np.asarray([-1.0, 0.0, 0.0])  # towards the curve
+    calls = []
+    got = project_points(loss, thetas, batch=3, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(0, 7), (3, 7), (6, 7), (7, 7)]
+    want = np.stack([np.asarray(eosflow.project_to_manifold(loss, jnp.asarray(t)).point)
+                     for t in thetas])  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert project_points(loss, thetas[:0]).shape == (0, 3)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -22,7 +23,17 @@ from eosflow.precision import warn_if_low_precision
 
 Array = jax.Array
 
-__all__ = ["eos_init", "TrackingResult", "tracking", "OscillationResult", "oscillation"]
+__all__ = [
+    "eos_init",
+    "TrackingResult",
+    "tracking",
+    "OscillationResult",
+    "oscillation",
+    "project_points",
+]
+
+#: ``progress(done, total)``: called before and after each batch of projections (to draw a bar).
+ProgressFn = Callable[[int, int], None]
 
 
 def eos_init(
@@ -67,13 +78,47 @@ class TrackingResult(NamedTuple):
     dist_phi: np.ndarray
 
 
-def _batched_projection(loss, thetas, batch: int = 256):
-    proj = jax.jit(jax.vmap(lambda th: project_to_manifold(loss, th).point))
-    out = [np.asarray(proj(thetas[i : i + batch])) for i in range(0, thetas.shape[0], batch)]
+@partial(jax.jit, static_argnums=0)
+def _project_batch(loss, thetas):
+    return jax.vmap(lambda th: project_to_manifold(loss, th).point)(thetas)
+
+
+def project_points(
+    loss: Callable, thetas, *, batch: int = 256, progress: ProgressFn | None = None
+) -> np.ndarray:
+    """``Φ(θ)`` for each row of ``thetas`` (:func:`~eosflow.manifold.project_to_manifold`).
+
+    Runs in batches of ``batch`` rows (the last one padded, so one compilation per loss, shape
+    and dtype serves every call), calling ``progress(done, total)`` before the first batch (with
+    ``done = 0``) and after each batch. Returns a NumPy array shaped like ``thetas``.
+    """
+    thetas = np.asarray(thetas)
+    total = thetas.shape[0]
+    if progress is not None:
+        progress(0, total)
+    out = []
+    for i in range(0, total, batch):
+        part = thetas[i : i + batch]
+        pad = batch - part.shape[0] if total > batch else 0
+        if pad:
+            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+        out.append(np.asarray(_project_batch(loss, jnp.asarray(part)))[: batch - pad])
+        if progress is not None:
+            progress(min(i + batch, total), total)
+    if not out:
+        return np.zeros_like(thetas)
     return np.concatenate(out, axis=0)
 
 
-def tracking(loss: Callable, traj, flow, t0: int = 0, *, with_phi: bool = True) -> TrackingResult:
+def tracking(
+    loss: Callable,
+    traj,
+    flow,
+    t0: int = 0,
+    *,
+    with_phi: bool = True,
+    progress: ProgressFn | None = None,
+) -> TrackingResult:
     """Theorem 4.7's tracking distances for a GD+WD trajectory against a flow solution.
 
     Args:
@@ -82,6 +127,7 @@ def tracking(loss: Callable, traj, flow, t0: int = 0, *, with_phi: bool = True) 
         ``(t − t0)·lr·wd`` lies within the flow's span are compared.
       flow: a :class:`~eosflow.flow.FlowSolution` started at GD step ``t0``.
       with_phi: also compute ``||Φ(θ_t) − ζ(τ)||`` (one projection per recorded step).
+      progress: ``progress(done, total)`` after each batch of projections.
 
     Returns:
       a :class:`TrackingResult` (NumPy arrays).
@@ -95,7 +141,7 @@ def tracking(loss: Callable, traj, flow, t0: int = 0, *, with_phi: bool = True) 
     zetas = np.asarray(flow.evaluate(jnp.asarray(tau[keep])))
     d_theta = np.linalg.norm(np.asarray(thetas) - zetas, axis=1)
     if with_phi:
-        phis = _batched_projection(loss, thetas)
+        phis = project_points(loss, thetas, progress=progress)
         d_phi = np.linalg.norm(phis - zetas, axis=1)
     else:
         d_phi = np.full_like(d_theta, np.nan)
@@ -123,9 +169,17 @@ class OscillationResult(NamedTuple):
     median_cos: float
 
 
-def oscillation(loss: Callable, traj, start: int | None = None, stop: int | None = None):
+def oscillation(
+    loss: Callable,
+    traj,
+    start: int | None = None,
+    stop: int | None = None,
+    *,
+    progress: ProgressFn | None = None,
+):
     """Period-two oscillation analysis (Section 4.2.3, Figure 5c–d) on recorded steps
-    ``start <= t < stop`` (record every step for a meaningful sign-change share).
+    ``start <= t < stop`` (record every step for a meaningful sign-change share);
+    ``progress(done, total)`` is called after each batch of projections.
 
     ``φ_t = Φ(θ_t)`` (:func:`~eosflow.manifold.project_to_manifold`), ``x_t = θ_t − φ_t``,
     ``v1(φ_t)`` the top eigenvector there (sign chosen continuous in ``t``), ``h_t = <x_t, v1>``.
@@ -143,7 +197,7 @@ def oscillation(loss: Callable, traj, start: int | None = None, stop: int | None
     if sel.sum() < 2:
         raise ValueError("oscillation: need at least two recorded steps in the window")
     thetas = jnp.asarray(np.asarray(traj.theta)[sel])
-    phis = _batched_projection(loss, thetas)
+    phis = project_points(loss, thetas, progress=progress)
     geo = jax.jit(jax.vmap(lambda p: local_geometry(loss, p)[:3]))
     lam, _, v1 = (np.array(a) for a in geo(jnp.asarray(phis)))
     # Continuous sign for v1 along the window.

@@ -9,11 +9,12 @@ use every core) and deterministic: the same seed and settings give the
 same numbers.
 
 Bad arguments (unknown experiment, ``lr <= 0``, ``lr·wd >= 1``, ``steps < 1``, an output folder
-that exists and is not empty without ``--force``, ...) print one line on stderr and exit with
-status 2. A run that diverges exits 1; an interrupted one (Ctrl-C, or killed) leaves the chunks
-finished so far in ``arrays.partial.npz`` and its checkpoints in ``.checkpoints/``; Ctrl-C exits
-130 and prints the command that continues it: the same one with ``--resume``, which goes on from
-the last saved chunk and ends with the arrays an uninterrupted run would have written.
+that exists and is not empty without ``--force`` or cannot be written, a missing or corrupt data
+file, ...) print one line on stderr and exit with status 2. A run that diverges exits 1; an
+interrupted one (Ctrl-C, or killed) leaves the chunks finished so far in ``arrays.partial.npz``
+and its checkpoints in ``.checkpoints/``; Ctrl-C exits 130 and prints the command that continues
+it: the same one with ``--resume``, which goes on from the last saved chunk and ends with the
+arrays an uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -392,6 +393,8 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
         print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
 
+    if not args.no_plot and not args.no_progress:
+        print(f"eosflow: drawing the figures of {args.name} ...", file=sys.stderr, flush=True)
     figures = [] if args.no_plot else [Path(p) for p in module.plot(out)]
     summary_path = out / SUMMARY
     if summary_path.exists():

@@ -143,7 +143,8 @@ def check_on_manifold(
 
 
 def _retract_hint(dtype) -> str:
-    """How to get ``zeta0`` onto Γ; in float32 the cause is the precision, not a missing retraction."""
+    """How to get ``zeta0`` onto Γ; in float32 the cause is the precision, not a missing
+    retraction."""
     retract = "zeta0 = eosflow.project_to_manifold(loss, zeta0).point"
     if jnp.finfo(dtype).bits >= 64:
         return f"Retract it first: {retract}"

@@ -85,6 +85,7 @@ class Progress:
       stream: where to write (default ``sys.stderr``).
       enabled: ``False`` prints nothing at all.
       min_interval: seconds between lines when the stream is not a terminal.
+      unit: what is counted (``"steps"``; e.g. ``"points"`` or ``"runs"``), shown in the line.
     """
 
     def __init__(
@@ -95,8 +96,10 @@ class Progress:
         stream: TextIO | None = None,
         enabled: bool = True,
         min_interval: float = 10.0,
+        unit: str = "steps",
     ):
         self.total = int(total)
+        self.unit = unit
         self.label = label
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
@@ -108,7 +111,8 @@ class Progress:
         self.done = 0
 
     def line(self, done: int, now: float | None = None) -> str:
-        """The progress line for ``done`` steps: bar, ``done/total``, steps/s, time left."""
+        """The progress line for ``done`` steps: bar, ``done/total``, steps/s, time left (in
+        ``unit``)."""
         now = time.perf_counter() if now is None else now
         frac = done / self.total if self.total else 1.0
         width = 24
@@ -124,9 +128,9 @@ class Progress:
         left = (self.total - done) / rate if rate > 0 else float("nan")
         tail = "" if final else f"  ETA {_fmt_time(left)}"
         head = f"{self.label} " if self.label else ""
-        speed = f"{rate:.0f}" if math.isfinite(rate) else "?"
+        speed = "?" if not math.isfinite(rate) else f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
         return (
-            f"{head}[{bar}] {done}/{self.total} steps  {speed} steps/s  "
+            f"{head}[{bar}] {done}/{self.total} {self.unit}  {speed} {self.unit}/s  "
             f"elapsed {_fmt_time(now - self.t0)}{tail}"
         )
 

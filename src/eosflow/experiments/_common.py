@@ -1,27 +1,57 @@
-"""Helpers shared by the experiment modules: figures without global state, loading saved runs.
+"""Helpers shared by the experiment modules: figures without global state, loading saved runs,
+progress lines for the phases of a run.
 
 Figures use matplotlib's object-oriented API on an Agg canvas (``matplotlib.figure.Figure``),
 never ``pyplot``, so importing or plotting an experiment does not change the backend of an
 interactive session. PNGs are written atomically (:func:`eosflow.runio.save_bytes`).
+
+Progress: every phase of a run that can take more than a couple of seconds says on stderr that it
+starts (:func:`phase`), and one made of steps also draws a bar (:func:`bar`, or the one of
+:func:`eosflow.runio.run_chunked`); ``progress=False`` (``eosflow run --no-progress``) silences
+both.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from eosflow.runio import ARRAYS, SUMMARY, save_bytes
+from eosflow.runio import ARRAYS, SUMMARY, Progress, save_bytes
 
 #: One colour per run, shared by all figures.
 COLORS = {"bn": "C0", "no_wd": "C1", "no_bn": "C2"}
 #: The ablation runs of the figure experiments (matrix completion, nets) and their legend labels.
 RUNS = ("bn", "no_wd", "no_bn")
 LABELS = {"bn": "BN + WD", "no_wd": "BN, no WD", "no_bn": "no BN, WD"}
+
+
+def phase(label: str, text: str, enabled: bool = True) -> None:
+    """Say on stderr that a phase of a run starts: ``"LABEL: TEXT ..."`` (nothing if not
+    ``enabled``)."""
+    if enabled:
+        print(f"{label}: {text} ...", file=sys.stderr, flush=True)
+
+
+def bar(label: str, enabled: bool = True, unit: str = "points") -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback (as :func:`eosflow.analysis.project_points` takes)
+    drawing a :class:`~eosflow.runio.Progress` bar, made at the first call (``done = 0`` before
+    the work starts) when ``total`` is known."""
+    state: dict[str, Progress] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(total, label, enabled=enabled, unit=unit)
+        if done:  # (0, total) only starts the clock
+            state["bar"].update(done)
+
+    return update
 
 
 def new_figure(nrows: int, ncols: int, size: tuple[float, float]):

@@ -27,10 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eosflow.analysis import oscillation, tracking
+from eosflow.analysis import oscillation, project_points, tracking
 from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset, fit_step
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import (
+    as_float,
+    bar,
+    load_arrays,
+    load_summary,
+    new_figure,
+    phase,
+    save_figure,
+)
 from eosflow.flow import sharpness_reduction_flow
 from eosflow.losses import (
     linear_regression_bn,
@@ -49,7 +57,7 @@ _FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
 
 
 def default_config(quick: bool) -> dict:
-    """Full: 10000 steps (about a minute on 2 cores). Quick: 3000 steps."""
+    """Full: 10000 steps (~20-45 s on 2 cores, most of it compilation). Quick: 3000 steps."""
     return {
         "quick": bool(quick),
         "seed": 0,
@@ -100,6 +108,12 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     """Run the three parts (GD+WD, flow, contrast), save arrays and summary, return key numbers."""
     c = config
     validate_config(c)
+    phase(
+        NAME,
+        f"data (n={c['n']}, d={c['d']}), then GD+WD, {c['steps']} steps, every step "
+        "recorded (the first chunk compiles)",
+        progress,
+    )
     kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
     data = make_linear_regression_data(kd, n=c["n"], d=c["d"], n_test=c["n_test"])
     loss = linear_regression_bn(data.X, data.y)
@@ -139,17 +153,26 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     )
 
     # 2. The flow from Φ(θ at entry), overlaid in flow time.
+    phase(NAME, f"projection of θ at EoS entry (step {t_eos}) onto the manifold Γ", progress)
     zeta0 = project_to_manifold(loss, jnp.asarray(traj.theta[t_eos])).point
     tau_end = (steps - 1 - t_eos) * eta_in
+    phase(
+        NAME,
+        f"sharpness-reduction flow (3) up to τ = {tau_end:.3g} (compiling the solver "
+        "takes most of it)",
+        progress,
+    )
     sol = sharpness_reduction_flow(loss, zeta0, tau_end, method="dopri5", rtol=1e-8,
                                    num_saves=201)  # fmt: skip
     flow_rd, flow_tl = _dist_and_test(data, np.asarray(sol.zeta))
     sub = traj._replace(**{f: getattr(traj, f)[::k] for f in ("step", "w", "norm")})
-    tk = tracking(loss, sub, sol, t_eos, with_phi=True)
+    phase(NAME, "tracking: Φ(θ_t) against the flow after EoS entry (Theorem 4.7)", progress)
+    tk = tracking(loss, sub, sol, t_eos, with_phi=True, progress=bar(f"{NAME} tracking", progress))
     # Where GD is *on Γ*: θ_t oscillates across Γ with amplitude O(sqrt(η_in)), which bounds
     # the distance of θ_t itself to (M) from below; Φ(θ_t) removes the oscillation.
-    phis = jax.jit(jax.vmap(lambda th: project_to_manifold(loss, th).point))(sub.theta)
-    rd_phi, _ = _dist_and_test(data, np.asarray(phis))
+    phase(NAME, f"Φ(θ_t) at {len(sub.step)} steps (every {k}), for its distance to (M)", progress)
+    phis = project_points(loss, sub.theta, progress=bar(f"{NAME} Φ(θ_t)", progress))
+    rd_phi, _ = _dist_and_test(data, phis)
     rec.update(
         flow_tau=np.asarray(sol.tau), flow_sharpness=np.asarray(sol.sharpness),
         flow_rel_dist=flow_rd, flow_test_loss=flow_tl, flow_grad_norm=np.asarray(sol.grad_norm),
@@ -166,7 +189,10 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
 
     # 3. Oscillation at EoS (Section 4.2.3) over the last `window` steps (well after entry).
     start = max(t_eos + 1, steps - int(c["window"]))
-    osc = oscillation(loss, traj, start=start, stop=steps)
+    phase(NAME, f"oscillation at EoS: Φ(θ_t) and λ1 at steps {start}..{steps - 1}", progress)
+    osc = oscillation(
+        loss, traj, start=start, stop=steps, progress=bar(f"{NAME} oscillation", progress)
+    )
     rec.update(
         osc_step=osc.step, osc_h=osc.h, osc_cos=osc.cos, osc_sharpness_phi=osc.sharpness_phi,
         osc_two_over_eff_lr=osc.two_over_eff_lr,
@@ -177,6 +203,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     )
 
     # 4. Contrast: no weight decay (≈ gradient flow on the sphere), never at EoS.
+    phase(NAME, f"contrast: GD with wd = {c['contrast_wd']:g}, {steps} steps", progress)
     ctr = run_chunked(
         loss, w0, lr, float(c["contrast_wd"]), steps, record_every=k,
         sharpness_every=int(c["sharpness_every"]) * k // np.gcd(int(c["sharpness_every"]), k),

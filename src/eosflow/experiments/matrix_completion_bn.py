@@ -54,6 +54,7 @@ from eosflow.experiments._common import (
     load_arrays,
     load_summary,
     new_figure,
+    phase,
     save_figure,
 )
 from eosflow.losses import (
@@ -175,6 +176,11 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     """
     c = config
     validate_config(c)
+    phase(
+        NAME,
+        f"data: rank-{c['rank']} {c['m']}x{c['n']} matrix, {c['num_observed']} entries observed",
+        progress,
+    )
     seed = int(c["seed"])
     kd, kw = jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1)
     data = make_matrix_completion_data(kd, c["m"], c["n"], c["rank"], c["num_observed"], k=c["k"])
@@ -199,6 +205,8 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     key_numbers: dict = {}
     for r in RUNS:
         loss, wd, sharp_every, bn = settings[r]
+        label = f"{NAME} [{r}]"
+        phase(label, f"GD, wd = {wd:g}, {c['steps']} steps (the first chunk compiles)", progress)
         traj = run_chunked(
             loss,
             w0,
@@ -208,12 +216,13 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
             record_every=int(c["record_every"]),
             sharpness_every=int(sharp_every),
             progress=progress,
-            label=f"{NAME} [{r}]",
+            label=label,
             on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
             checkpoint=rec.checkpoint(f"{r}_"),
             check_invariance=bn,
         )
         w = jnp.asarray(traj.w)
+        phase(label, f"test MSE and singular values at {len(w)} records", progress)
         test = np.asarray((test_bn if bn else test_plain)(w))
         sv = np.asarray(svals(w))
         erank = np.asarray(jax.vmap(effective_rank)(jnp.asarray(sv)))
@@ -223,6 +232,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         else:
             on = np.asarray(traj.step) % c["no_bn_hess_every"] == 0
             sharp = np.full(len(traj.step), np.nan)
+            phase(label, f"top Hessian eigenvalue at {int(on.sum())} records", progress)
             sharp[on] = np.asarray(hess_top(w[on]))
             extra[f"{r}_hess_top"] = sharp
         rec.update(**extra)

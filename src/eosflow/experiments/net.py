@@ -54,6 +54,7 @@ from eosflow.experiments._common import (
     load_arrays,
     load_summary,
     new_figure,
+    phase,
     save_figure,
 )
 from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
@@ -219,6 +220,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     c = config
     validate_config(c)
     dtype = np.dtype(c["dtype"])
+    phase(NAME, f"loading {c['dataset']} and building the {c['arch']} nets", progress)
     data = load_data(c)
     rec = RunRecorder(out, NAME, c)
     rec.update(y_train=data.y_train, y_test=data.y_test)
@@ -242,6 +244,8 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         net = nets[bn]
         wd = 0.0 if r == "no_wd" else c["wd"]
         t0 = time.perf_counter()
+        label = f"{NAME} [{r}]"
+        phase(label, f"GD, wd = {wd:g}, {c['steps']} steps (the first chunk compiles)", progress)
         traj = run_chunked(
             net.loss,
             net.w0,
@@ -251,7 +255,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
             record_every=int(c["record_every"]),
             sharpness_every=int(c["sharpness_every"]) if bn else 0,
             progress=progress,
-            label=f"{NAME} [{r}]",
+            label=label,
             on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
             checkpoint=rec.checkpoint(f"{r}_"),
             check_invariance=bn,
@@ -266,6 +270,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
                 net.eval_loss(wi, x_te, data.y_test),
             )
 
+        phase(label, f"accuracies and test loss at {len(w)} records", progress)
         tr_acc, te_acc, te_loss = map(
             np.asarray, jax.jit(lambda ws, f=evaluate: jax.lax.map(f, ws, batch_size=16))(w)
         )
@@ -280,6 +285,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         if not bn:
             on = step % c["no_bn_hess_every"] == 0
             hess = np.full(len(step), np.nan)
+            phase(label, f"top Hessian eigenvalue at {int(on.sum())} records", progress)
             top = jax.jit(
                 lambda ws, f=net.loss: jax.lax.map(
                     lambda v: hessian_top_eigs(f, v).eigenvalues[0], ws

@@ -30,7 +30,14 @@ import numpy as np
 
 from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import (
+    as_float,
+    load_arrays,
+    load_summary,
+    new_figure,
+    phase,
+    save_figure,
+)
 from eosflow.losses import linear_regression_bn, make_linear_regression_data
 from eosflow.runio import RunRecorder
 from eosflow.trajectory import PER_RECORD
@@ -82,6 +89,12 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     """
     c = config
     validate_config(c)
+    phase(
+        NAME,
+        f"data (n={c['n']}, d={c['d']}), then GD+WD, {c['steps']} steps, every step "
+        "recorded (the first chunk compiles)",
+        progress,
+    )
     kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
     data = make_linear_regression_data(kd, n=c["n"], d=c["d"])
     loss = linear_regression_bn(data.X, data.y)

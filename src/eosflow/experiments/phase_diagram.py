@@ -57,7 +57,14 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from eosflow.eos import eos_onset
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import (
+    as_float,
+    load_arrays,
+    load_summary,
+    new_figure,
+    phase,
+    save_figure,
+)
 from eosflow.losses import (
     linear_regression_bn,
     make_linear_regression_data,
@@ -187,6 +194,13 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     """
     c = config
     validate_config(c)
+    n_cfg = len(c["lrs"]) * len(c["wds"])
+    phase(
+        NAME,
+        f"data, then GD+WD for {n_cfg} (lr, wd) pairs at once, {c['steps']} steps (the "
+        "first chunk compiles)",
+        progress,
+    )
     out = Path(out)
     kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
     data = make_linear_regression_data(kd, n=c["n"], d=c["d"])

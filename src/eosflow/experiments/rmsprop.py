@@ -76,7 +76,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import (
+    as_float,
+    load_arrays,
+    load_summary,
+    new_figure,
+    phase,
+    save_figure,
+)
 from eosflow.losses import (
     linear_regression_bn,
     make_linear_regression_data,
@@ -462,6 +469,12 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     """Parts A and B; save arrays and summary; return the key numbers per run."""
     c = config
     validate_config(c)
+    phase(
+        NAME,
+        f"data, then {2 + 2 * len(OPTS)} runs: scalar RMSprop on linear regression and "
+        f"matrix completion (no BN), then {', '.join(OPTS)} on their BN versions",
+        progress,
+    )
     rec = RunRecorder(out, NAME, c)
     kd, kw, km, kmw = jax.random.split(jax.random.PRNGKey(int(c["seed"])), 4)
     lin = make_linear_regression_data(kd, n=c["n"], d=c["d"], n_test=c["n_test"])
@@ -470,7 +483,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     D_mc = (mc.M.shape[0] + mc.M.shape[1]) * mc.k
     w_lin = jax.random.normal(kw, (d,)) / np.sqrt(d)
     w_mc = c["mc_init_scale"] * jax.random.normal(kmw, (D_mc,))
-    bar = Progress(2 + 2 * len(OPTS), NAME, enabled=progress)
+    bar = Progress(2 + 2 * len(OPTS), NAME, enabled=progress, unit="runs", min_interval=2.0)
     done = [0]
 
     def tick():

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset
-from eosflow.experiments._common import as_float, load_arrays, load_summary, save_figure
+from eosflow.experiments._common import as_float, load_arrays, load_summary, phase, save_figure
 from eosflow.flow import sharpness_reduction_flow
 from eosflow.losses import (
     TOY3D_ROTATION,
@@ -84,6 +84,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     w0 = jax.random.normal(jax.random.PRNGKey(int(c["seed"])), (3,))
     rec = RunRecorder(out, NAME, c)
     lr, wd, steps = float(c["lr"]), float(c["wd"]), int(c["steps"])
+    phase(NAME, f"GD+WD, {steps} steps (the first chunk compiles)", progress)
     traj = run_chunked(
         loss, w0, lr, wd, steps, record_every=int(c["record_every"]),
         sharpness_every=int(c["sharpness_every"]), progress=progress, label=NAME,
@@ -91,6 +92,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         checkpoint=rec.checkpoint("gd_"),
     )  # fmt: skip
     star = np.asarray(toy3d_flattest_point())
+    phase(NAME, "projection of the last θ onto the minimizer curve Γ", progress)
     theta_end = jnp.asarray(traj.theta[-1])
     phi_end = np.asarray(project_to_manifold(loss, theta_end).point)
     t_eos = eos_onset(traj, fit_tol=c["fit_tol"])
@@ -106,6 +108,12 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         i = int(np.searchsorted(np.asarray(traj.step), t_eos))
         zeta0 = project_to_manifold(loss, jnp.asarray(traj.theta[i])).point
         tau_end = (int(traj.step[-1]) - t_eos) * lr * wd
+        phase(
+            NAME,
+            f"sharpness-reduction flow (3) from EoS entry (step {t_eos}) up to "
+            f"τ = {tau_end:.3g} (compiling the solver takes most of it)",
+            progress,
+        )
         sol = sharpness_reduction_flow(loss, zeta0, tau_end, method="dopri5", rtol=1e-9,
                                        num_saves=301)  # fmt: skip
         rec.update(flow_tau=np.asarray(sol.tau), flow_zeta=np.asarray(sol.zeta),

@@ -21,7 +21,15 @@ import numpy as np
 
 from eosflow.analysis import eos_init, tracking
 from eosflow.chunks import run_chunked
-from eosflow.experiments._common import as_float, load_arrays, load_summary, new_figure, save_figure
+from eosflow.experiments._common import (
+    as_float,
+    bar,
+    load_arrays,
+    load_summary,
+    new_figure,
+    phase,
+    save_figure,
+)
 from eosflow.flow import sharpness_reduction_flow
 from eosflow.losses import (
     linear_regression_bn,
@@ -76,9 +84,16 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     """Flow once, GD+WD once per ``η_in``; saves distances over time and the fitted slope."""
     c = config
     validate_config(c)
+    phase(NAME, f"{c['problem']}: a starting point ζ0 on the minimizer manifold Γ", progress)
     loss, zeta0 = _problem(c)
     rec = RunRecorder(out, NAME, c)
     T = float(c["horizon"])
+    phase(
+        NAME,
+        f"sharpness-reduction flow (3) from ζ0 up to τ = {T:g} (compiling the solver "
+        "takes most of it)",
+        progress,
+    )
     sol = sharpness_reduction_flow(loss, zeta0, T, method="dopri5", rtol=1e-9, num_saves=401)
     rec.update(flow_tau=np.asarray(sol.tau), flow_sharpness=np.asarray(sol.sharpness))
     max_theta, max_phi = [], []
@@ -86,11 +101,14 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         w0 = eos_init(loss, zeta0, 1.0, eta, c["sigma0"], jax.random.PRNGKey(1000 + i))
         steps = int(round(T / eta)) + 1
         every = max(1, steps // 500)  # ~500 projections per run for ||Φ(θ_t) − ζ||
-        traj = run_chunked(loss, w0, 1.0, eta, steps, progress=progress, label=f"η_in={eta:g}",
+        label = f"{NAME} η_in={eta:g}"
+        phase(label, f"GD+WD from the Theorem 4.7 initialization, {steps} steps", progress)
+        traj = run_chunked(loss, w0, 1.0, eta, steps, progress=progress, label=label,
                            checkpoint=rec.checkpoint(f"eta{i}_"))  # fmt: skip
         tk_all = tracking(loss, traj, sol, 0, with_phi=False)
         sub = traj._replace(**{f: getattr(traj, f)[::every] for f in ("step", "w", "norm")})
-        tk = tracking(loss, sub, sol, 0, with_phi=True)
+        phase(label, f"Φ(θ_t) at {len(sub.step)} steps (every {every}), against the flow", progress)
+        tk = tracking(loss, sub, sol, 0, with_phi=True, progress=bar(f"{label} Φ(θ_t)", progress))
         max_theta.append(tk_all.dist_theta.max())
         max_phi.append(tk.dist_phi.max())
         rec.update(**{f"tau_{i}": tk_all.tau, f"dist_theta_{i}": tk_all.dist_theta,

@@ -122,11 +122,13 @@ def test_read_only_file_system_reported_before_computing(tmp_path, monkeypatch, 
 
 
 def test_writable_out_is_left_clean(tmp_path, monkeypatch):
-    """The probe file is removed; a writable folder passes the check."""
+    """The probe file is removed; a writable folder passes the check and holds only the run's
+    settings (for --resume)."""
     out = tmp_path / "new" / "out"
-    assert cli._prepare_out(out, force=False) is True
-    assert out.is_dir() and list(out.iterdir()) == []
-    assert cli._prepare_out(out, force=False) is False  # exists (empty) now
+    assert cli._prepare_out(out, False, False, "toy3d", {"steps": 1}) is True
+    assert out.is_dir() and [p.name for p in out.iterdir()] == [".checkpoints"]
+    assert [p.name for p in (out / ".checkpoints").iterdir()] == ["settings.json"]
+    assert cli._prepare_out(out, True, False, "toy3d", {"steps": 1}) is False  # exists now
 
 
 # --- a broken CIFAR-10 folder: one line, exit 2 -------------------------------------------------

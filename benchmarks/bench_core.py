@@ -42,8 +42,8 @@ from _common import (
 from jax import lax
 
 import eosflow
+from eosflow.driver import run_compiled as _simulate_compiled
 from eosflow.gd import GDState, gd_wd_step
-from eosflow.simulate import _simulate_compiled
 
 DTYPES = ("float64", "float32")
 RECORD_EVERY = 50
@@ -425,7 +425,7 @@ def _markdown(res: dict, quick: bool) -> str:
     out.append(
         "**No recompilation** on a second `simulate` call with the same loss object and other "
         "lr/wd (and a third with a new `w0` of the same shape); cache = "
-        "`_simulate_compiled._cache_size()` before/after each call."
+        "`eosflow.driver.run_compiled._cache_size()` before/after each call."
     )
     out.append("")
     body = [

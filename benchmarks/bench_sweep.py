@@ -58,11 +58,11 @@ def _lrs(p, B):
 
 
 def _sweep_fn():
-    """``eosflow.sweep.sweep`` (issue 6), or None where this checkout does not have it yet."""
+    """``eosflow.sweeps.sweep`` (issue 6), or None where this checkout does not have it yet."""
     import importlib
 
     try:
-        return importlib.import_module("eosflow.sweep").sweep
+        return importlib.import_module("eosflow.sweeps").sweep
     except (ImportError, AttributeError):
         return None
 

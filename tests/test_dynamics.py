@@ -133,3 +133,25 @@ def test_front_door_errors_name_the_problem(linreg):
     with pytest.raises(ValueError, match="different leading sizes"):
         eosflow.sweep(loss, w0, dynamics=eosflow.sphere_dynamics(RULE), hparams=bad, steps=5,
                       progress=False)  # fmt: skip
+
+
+def test_bad_input_is_named_before_any_optimizer_or_sweep_work(linreg):
+    """An optax run checks ``w0`` before ``optimizer.init`` sees it; a dynamics sweep whose
+    hparams carry GD+WD's ``lr``/``wd`` checks ``lr·wd < 1`` like a GD+WD sweep."""
+    loss, w0 = linreg
+    with pytest.raises(TypeError, match="floating-point"):
+        eosflow.simulate(loss, jnp.arange(30), optimizer=optax.sgd(0.1), steps=5)
+    with pytest.raises(ValueError, match="w0 is zero"):
+        eosflow.simulate(loss, jnp.zeros(30), optimizer=optax.adam(0.1), steps=5)
+    hp = eosflow.SphereHparams(jnp.array([0.1, 50.0]), 0.1, eosflow.RMSpropHparams(0.05, 0.9, 0.0))
+    with pytest.raises(ValueError, match=r"configuration 1 .*lr\*wd < 1"):
+        eosflow.sweep(loss, w0, dynamics=eosflow.sphere_dynamics(RULE), hparams=hp, steps=5,
+                      progress=False)  # fmt: skip
+
+
+def test_sphere_dynamics_is_one_object_per_rule():
+    """The default rule and an explicit ``gd_wd_scheduler`` give the same (cached) dynamics, so
+    they share one compiled program."""
+    assert eosflow.sphere_dynamics() is eosflow.sphere_dynamics(eosflow.gd_wd_scheduler)
+    assert eosflow.sphere_dynamics(RULE) is eosflow.sphere_dynamics(RULE)
+    assert eosflow.sphere_dynamics(RULE) is not eosflow.sphere_dynamics()

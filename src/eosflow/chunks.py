@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 from eosflow.driver import RunState, start_run_state
 from eosflow.runio import Progress, save_npz
 from eosflow.simulation import Resolved, resolve_dynamics, run_part
-from eosflow.trajectory import NonFiniteError, Trajectory, cut_at_nonfinite
+from eosflow.trajectory import Trajectory, cut_at_nonfinite
 from eosflow.validation import validate_chunk, validate_on_nonfinite, validate_run_args
 
 __all__ = ["run_chunked", "concat_trajectories", "default_chunk", "CheckpointMismatch"]
@@ -188,10 +188,7 @@ def run_chunked(
         traj = _chunks(loss, w0, res, int(steps), int(chunk), kw, bar, on_chunk, checkpoint)
     finally:
         bar.close()
-    try:
-        return cut_at_nonfinite(traj, on_nonfinite, where)
-    except NonFiniteError as e:
-        raise NonFiniteError(str(e), e.step, e.trajectory) from None
+    return cut_at_nonfinite(traj, on_nonfinite, where)
 
 
 def _chunks(loss, w0, res, steps, chunk, kw, bar, on_chunk, checkpoint) -> Trajectory:

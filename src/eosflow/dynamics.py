@@ -112,7 +112,6 @@ class SphereHparams(NamedTuple):
     rule: Any
 
 
-@functools.lru_cache(maxsize=64)
 def sphere_dynamics(rule: EffLRScheduler = gd_wd_scheduler) -> Dynamics:
     """Projected GD on the unit sphere, eq. (2), with the effective LR from ``rule``.
 
@@ -127,6 +126,13 @@ def sphere_dynamics(rule: EffLRScheduler = gd_wd_scheduler) -> Dynamics:
             "sphere_dynamics: rule must be an eosflow.EffLRScheduler(init, update[, norm]), "
             f"got {type(rule).__name__}"
         )
+    return _sphere_dynamics(rule)
+
+
+@functools.lru_cache(maxsize=64)
+def _sphere_dynamics(rule: EffLRScheduler) -> Dynamics:
+    """:func:`sphere_dynamics`, cached on the rule alone (so the default and an explicit
+    ``gd_wd_scheduler`` give the same object)."""
 
     def init(w0: Array, hp: SphereHparams) -> ScheduledSphereState:
         norm0 = jnp.linalg.norm(w0)

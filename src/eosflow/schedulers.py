@@ -35,7 +35,7 @@ What our code assumes (the paper's precise conditions are in the unavailable App
 
 1. The rule sees the gradient only through the scalar ``||∇L(θ_t)||²`` at the current ``θ_t``:
    it rescales the whole step (per-coordinate adaptivity, momentum etc. are not of this form; run
-   those with :func:`eosflow.optim.simulate_optax`).
+   those with :func:`eosflow.simulate` and ``optimizer=``).
 2. ``update`` returns the LR of the *current* step; it may use the current gradient (RMSprop) or
    only the past (GD+WD).
 3. Nothing enforces the Quasi-RMSprop shape; :func:`quasi_rmsprop_check` tests it numerically for

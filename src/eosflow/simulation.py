@@ -113,8 +113,9 @@ def run_part(
     """``steps`` steps of a run in one compiled driver call, from ``rs`` (a
     :class:`~eosflow.driver.RunState` at global step ``start``) or from ``w0`` when ``rs`` is
     ``None``: ``(Trajectory of those steps, RunState after them)``."""
+    end = np.asarray(start + steps, jax.dtypes.canonicalize_dtype(np.int64))
     rs, rec, w_final = run_compiled(
-        loss, res.dynamics, w0, res.hparams, rs, steps=np.asarray(start + steps, jax.dtypes.canonicalize_dtype(np.int64)),
+        loss, res.dynamics, w0, res.hparams, rs, steps=end,
         n_rec=math.ceil(steps / record_every), record_every=int(record_every),
         sharpness_every=int(sharpness_every), lanczos_iter=int(lanczos_iter),
         full_records=steps % record_every == 0,
@@ -182,13 +183,13 @@ def simulate(
     res = resolve_dynamics(
         w0, lr, wd, optimizer=optimizer, dynamics=dynamics, hparams=hparams, where=where
     )
-    rs = None
-    if optimizer is not None:
-        res, rs = _optax_start(loss, w0, optimizer, geometry, None, res)
-    plain = res.dynamics.geometry == "plain"
+    plain = (res.dynamics.geometry if optimizer is None else geometry) == "plain"
     validate_run_args(
         loss, w0, steps, record_every, sharpness_every, check_invariance and not plain, where
     )
+    rs = None
+    if optimizer is not None:  # after the checks: optimizer.init(w0) needs a valid w0
+        res, rs = _optax_start(loss, w0, optimizer, geometry, None, res)
     traj, _ = run_part(loss, w0, res, steps, record_every, sharpness_every, lanczos_iter, rs)
     return cut_at_nonfinite(traj, on_nonfinite, where)
 

@@ -93,6 +93,8 @@ def _plan(loss, w0, lrs, wds, steps, dynamics, hparams, grid, seeds, init_fn, w0
         if not isinstance(dynamics, Dynamics):
             raise TypeError(f"sweep: dynamics must be an eosflow.Dynamics, got {type(dynamics)}")
         cfg, hparams, axes = _dynamics_configs(hparams, seeds)
+        if hasattr(hparams, "lr") and hasattr(hparams, "wd"):  # GD+WD's or the sphere's
+            validate_configs(cfg)
     W0, w_like, distinct = initial_points(loss, w0, cfg, seeds, init_fn, w0_per_config)
     validate_run_args(loss, w_like, steps, record_every, sharpness_every, False, "sweep")
     check = check_invariance and dynamics.geometry == "sphere"

@@ -14,7 +14,7 @@ import pytest
 from _helpers import run_cli
 
 # norm-dynamics at quick size, made long enough (~10 chunks) to be killed between two chunks.
-ARGS = ["run", "norm-dynamics", "--quick", "--steps", "6000", "--no-plot", "--no-progress"]
+ARGS = ["run", "norm-dynamics", "--quick", "--steps", "6000", "--no-plot"]
 
 
 def _arrays(out):
@@ -52,6 +52,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, uninterrupted
 
     r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # The finished chunks are loaded, not recomputed: the bar starts where the kill left it.
+    bars = [line for line in r.stderr.splitlines() if "/6000 steps" in line]
+    assert bars and f"] {done}/6000 steps" in bars[0], bars[:2]
     got = _arrays(out)
     assert sorted(got) == sorted(uninterrupted)
     for k, v in uninterrupted.items():
@@ -62,7 +65,13 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, uninterrupted
 def test_resume_refuses_other_settings_and_finished_runs(tmp_path):
     out = tmp_path / "out"
     r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
-    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    assert r.returncode == 2 and "no interrupted run" in r.stderr
+    assert not out.exists(), "a refused --resume creates nothing"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
+    assert r.returncode == 2 and "holds a finished run" in r.stderr
+    (out / "summary.json").unlink()
     (out / ".checkpoints").mkdir(parents=True)
     (out / ".checkpoints" / "settings.json").write_text(
         '{"experiment": "norm-dynamics", "config": {"steps": 1}}'
@@ -71,3 +80,22 @@ def test_resume_refuses_other_settings_and_finished_runs(tmp_path):
     assert r.returncode == 2 and "other settings" in r.stderr and "steps" in r.stderr
     r = run_cli([*ARGS, "--out", out, "--resume", "--force"], cwd=tmp_path)
     assert r.returncode == 2 and "exclude" in r.stderr
+    (out / ".checkpoints" / "settings.json").write_text("{not json")
+    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
+    assert (
+        r.returncode == 2 and "cannot read" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    )
+
+
+def test_force_clears_stale_checkpoints(tmp_path):
+    """``--force`` over an interrupted run starts afresh: its stale checkpoint (here one of a
+    run with other arguments, which ``run_chunked`` would refuse) is removed, not resumed."""
+    out = tmp_path / "out"
+    (out / ".checkpoints").mkdir(parents=True)
+    (out / ".checkpoints" / "settings.json").write_text('{"experiment": "x", "config": {}}')
+    np.savez(out / ".checkpoints" / "run.npz", fingerprint=np.asarray("another run"))
+    r = run_cli([*ARGS, "--steps", "300", "--out", out], cwd=tmp_path)
+    assert r.returncode == 2 and "--resume" in r.stderr and "--force" in r.stderr
+    r = run_cli([*ARGS, "--steps", "300", "--out", out, "--force"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (out / "arrays.npz").exists() and not (out / ".checkpoints").exists()

@@ -37,7 +37,6 @@ from eosflow.losses import (
     toy3d_curve,
 )
 from eosflow.sharpness import (
-    SharpnessAlong,
     default_v0,
     dense_hessian,
     dense_top_eigs,
@@ -45,9 +44,9 @@ from eosflow.sharpness import (
     hvp,
     lanczos_top_eigs,
     power_iteration,
-    sharpness_along,
     spherical_sharpness,
 )
+from eosflow.sharpness_path import SharpnessAlong, sharpness_along
 
 # --------------------------------------------------------------------------------------------
 # Problems (NumPy-built data, see tests/test_losses.py for the generators themselves)
@@ -416,10 +415,36 @@ def _compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_default_v0_is_public_and_fixed():
+def test_default_v0_is_the_simulators_first_warm_start():
+    """``default_v0`` is a unit vector, and the one the driver's sharpness chain starts from (the
+    claim its docstring makes), so per-point sharpness and ``simulate``'s agree from step 0."""
+    from eosflow.driver import init_run_state
+
     v = default_v0(200, jnp.float64)
     np.testing.assert_allclose(float(jnp.linalg.norm(v)), 1.0, rtol=1e-15)
-    np.testing.assert_array_equal(np.asarray(v), np.asarray(default_v0(200, jnp.float64)))
+    rs = init_run_state(eosflow.gd_wd, jnp.ones(200), eosflow.GDWDHparams(0.1, 0.01))
+    np.testing.assert_array_equal(np.asarray(rs.v1), np.asarray(v))
+
+
+def test_operator_methods_hold_no_reference_to_a_callers_matvec():
+    """``lanczos_top_eigs``/``power_iteration`` take an operator closure, new on every call: they
+    are plain code, so nothing caches (and keeps alive) the closure and the arrays it holds."""
+    import gc
+    import weakref
+
+    loss, w = LOSSES["linreg"], _points("linreg")["random"]
+    refs = []
+    for scale in (1.0, 2.0):
+        matvec = lambda u, scale=scale: scale * hvp(loss, w, u)  # noqa: E731
+        refs.append(weakref.ref(matvec))
+        r = lanczos_top_eigs(matvec, default_v0(200, jnp.float64), 1, num_iter=20)
+        p = power_iteration(matvec, default_v0(200, jnp.float64), tol=1e-9)
+        lam = _dense("linreg", "random")[1][0] * scale
+        np.testing.assert_allclose(float(r.eigenvalues[0]), lam, rtol=1e-8)
+        np.testing.assert_allclose(float(p.eigenvalues[0]), lam, rtol=1e-6)
+        del matvec, r, p
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
 
 
 def test_eager_spherical_sharpness_and_dense_top_eigs_compile_once():
@@ -472,9 +497,11 @@ def test_public_functions_still_work_inside_jit_and_vmap():
     """Under a trace the public functions run as plain code (no nested cached program)."""
     loss = LOSSES["linreg"]
     W = jnp.stack([_points("linreg")["random"], 3.0 * _points("linreg")["near-min"]])
+    size = S._spherical_sharpness_jit._cache_size()
     lam = jax.jit(jax.vmap(lambda w: spherical_sharpness(loss, w).value))(W)
     ref = [_dense("linreg", "random")[1][0], _dense("linreg", "near-min")[1][0]]
     np.testing.assert_allclose(np.asarray(lam), ref, rtol=1e-8)
+    assert S._spherical_sharpness_jit._cache_size() == size  # plain code under the trace
 
 
 # --------------------------------------------------------------------------------------------

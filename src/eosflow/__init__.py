@@ -67,7 +67,6 @@ from eosflow.schedulers import (
 from eosflow.sharpness import (
     EigResult,
     Sharpness,
-    SharpnessAlong,
     dense_hessian,
     dense_top_eigs,
     hessian_top_eigs,
@@ -75,9 +74,9 @@ from eosflow.sharpness import (
     lanczos,
     lanczos_top_eigs,
     power_iteration,
-    sharpness_along,
     spherical_sharpness,
 )
+from eosflow.sharpness_path import SharpnessAlong, sharpness_along
 from eosflow.simulation import simulate, simulate_optax, simulate_rmsprop, simulate_sphere
 from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, sphere_step
 from eosflow.sweeps import SingleDeviceWarning, SweepConfig, load_sweep, sweep, take_config

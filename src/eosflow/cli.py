@@ -278,10 +278,10 @@ def _prepare_out(out: Path, force: bool, resume: bool, name: str, config: dict) 
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder")
     settings = out / CHECKPOINTS / RUN_SETTINGS
-    created = _check_writable(out)
-    if resume:
+    if resume:  # before creating anything: a folder without a run to resume stays untouched
         _check_resumable(out, settings, name, config)
-    elif out.is_dir() and any(out.iterdir()):
+    created = _check_writable(out)
+    if not resume and any(out.iterdir()):
         if not force:
             hint = "--resume to continue the interrupted run there, " if settings.exists() else ""
             raise UsageError(
@@ -302,7 +302,12 @@ def _check_resumable(out: Path, settings: Path, name: str, config: dict) -> None
     if not settings.exists():
         what = "a finished run" if (out / SUMMARY).exists() else "no interrupted run"
         raise UsageError(f"--resume: {out} holds {what}; nothing to resume")
-    saved = json.loads(settings.read_text())
+    try:
+        saved = json.loads(settings.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"--resume: cannot read {settings} ({e}); use --force to start over"
+        ) from None
     old = json.loads(json.dumps(saved.get("config", {})))
     new = json.loads(json.dumps(jsonable(config)))
     if saved.get("experiment") != name or old != new:
@@ -313,14 +318,16 @@ def _check_resumable(out: Path, settings: Path, name: str, config: dict) -> None
         )
 
 
-def _remove_if_empty(out: Path) -> None:
-    """Remove ``out`` (created by this run) if nothing but its settings file was written to it."""
-    try:
-        (out / CHECKPOINTS / RUN_SETTINGS).unlink(missing_ok=True)
-        (out / CHECKPOINTS).rmdir()
-        out.rmdir()
-    except OSError:
-        pass
+def _forget_run(out: Path, created: bool) -> None:
+    """After a run that cannot be resumed (bad data, divergence): remove its checkpoints and
+    settings, so that the folder does not offer ``--resume``; and ``out`` itself if this run
+    created it and nothing else was written there."""
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------- commands
@@ -374,8 +381,7 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
     try:
         key_numbers = module.run(config, out, progress=not args.no_progress)
     except DataError as e:
-        if created:
-            _remove_if_empty(out)
+        _forget_run(out, created)
         raise UsageError(f"bad data for {args.name}: {e}") from None
     except KeyboardInterrupt:
         partial = out / PARTIAL
@@ -388,8 +394,9 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 130
     except CheckpointMismatch as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{e}; with the eosflow command: --force starts over") from None
     except eosflow.NonFiniteError as e:
+        _forget_run(out, False)  # resuming would diverge again
         print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
 

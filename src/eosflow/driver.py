@@ -21,8 +21,8 @@ import numpy as np
 from jax import lax
 
 from eosflow.dynamics import Dynamics
+from eosflow.eigensolvers import default_v0, hvp, lanczos_top_eigs
 from eosflow.params import flatten_loss
-from eosflow.sharpness import default_v0, hvp, lanczos_top_eigs
 
 Array = jax.Array
 

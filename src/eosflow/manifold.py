@@ -166,6 +166,61 @@ def riemannian_grad_norm(loss: Callable, theta: Array) -> Array:
     return jnp.linalg.norm(jax.grad(loss)(theta))
 
 
+def _gauss_newton(r_fn: Callable, rtol: float):
+    """``(err, step)`` of the residual path of :func:`project_to_manifold`: ``err`` is the RMS
+    residual, ``step`` the Gauss–Newton minimum-norm step ``Π(θ − J⁺ r(θ))`` (``J⁺`` by SVD,
+    relative cutoff ``rtol``), halved when the full step would raise the residual."""
+
+    def err(th):
+        r = r_fn(th)
+        return jnp.sqrt(jnp.mean(jnp.square(r)))
+
+    def step(th):
+        r = r_fn(th)
+        J = jax.jacrev(r_fn)(th)
+        U, s, Vt = jnp.linalg.svd(J, full_matrices=False)
+        inv = jnp.where(s > rtol * s[0], 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+        delta = Vt.T @ (inv * (U.T @ r))
+        cand = _unit(th - delta)
+        # Guard: accept only if the residual does not grow (else half step).
+        half = _unit(th - 0.5 * delta)
+        return jnp.where(err(cand) <= err(th), cand, half)
+
+    return err, step
+
+
+def _damped_newton(loss: Callable, rtol: float):
+    """``(err, step)`` of the generic path of :func:`project_to_manifold`: ``err = ||∇L(θ)||``,
+    ``step`` the minimum-norm Newton step ``Π(θ − α H⁺ ∇L(θ))`` (eigh of the dense Hessian,
+    cutoff ``rtol·max|λ|``) with ``α`` halved until ``||∇L||`` decreases (down to 1e-4)."""
+    g_fn = jax.grad(loss)
+
+    def err(th):
+        return jnp.linalg.norm(g_fn(th))
+
+    def step(th):
+        g = g_fn(th)
+        H = jax.hessian(loss)(th)
+        evals, evecs = jnp.linalg.eigh(0.5 * (H + H.T))
+        top = jnp.max(jnp.abs(evals))
+        inv = jnp.where(evals > rtol * top, 1.0 / jnp.where(evals > 0, evals, 1.0), 0.0)
+        delta = evecs @ (inv * (evecs.T @ g))
+        e0 = err(th)
+
+        def try_alpha(c):
+            a, _ = c
+            return a * 0.5, _unit(th - 0.5 * a * delta)
+
+        def bad(c):
+            a, cand = c
+            return (err(cand) > e0) & (a > 1e-4)
+
+        _, cand = lax.while_loop(bad, try_alpha, (jnp.ones((), th.dtype), _unit(th - delta)))
+        return cand
+
+    return err, step
+
+
 def project_to_manifold(
     loss: Callable,
     theta: Array,
@@ -201,48 +256,10 @@ def project_to_manifold(
     tol = float(1e3 * eps) if tol is None else tol
     if _is_residual(loss, method):
         rtol = DEFAULT_RANK_RTOL["residual"] if rank_rtol is None else rank_rtol
-        r_fn = residual_fn(loss)
-
-        def err(th):
-            r = r_fn(th)
-            return jnp.sqrt(jnp.mean(jnp.square(r)))
-
-        def step(th):
-            r = r_fn(th)
-            J = jax.jacrev(r_fn)(th)
-            U, s, Vt = jnp.linalg.svd(J, full_matrices=False)
-            inv = jnp.where(s > rtol * s[0], 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
-            delta = Vt.T @ (inv * (U.T @ r))
-            cand = _unit(th - delta)
-            # Guard: accept only if the residual does not grow (else half step).
-            half = _unit(th - 0.5 * delta)
-            return jnp.where(err(cand) <= err(th), cand, half)
+        err, step = _gauss_newton(residual_fn(loss), rtol)
     else:
         rtol = DEFAULT_RANK_RTOL["generic"] if rank_rtol is None else rank_rtol
-        g_fn = jax.grad(loss)
-
-        def err(th):
-            return jnp.linalg.norm(g_fn(th))
-
-        def step(th):
-            g = g_fn(th)
-            H = jax.hessian(loss)(th)
-            evals, evecs = jnp.linalg.eigh(0.5 * (H + H.T))
-            top = jnp.max(jnp.abs(evals))
-            inv = jnp.where(evals > rtol * top, 1.0 / jnp.where(evals > 0, evals, 1.0), 0.0)
-            delta = evecs @ (inv * (evecs.T @ g))
-            e0 = err(th)
-
-            def try_alpha(c):
-                a, _ = c
-                return a * 0.5, _unit(th - 0.5 * a * delta)
-
-            def bad(c):
-                a, cand = c
-                return (err(cand) > e0) & (a > 1e-4)
-
-            _, cand = lax.while_loop(bad, try_alpha, (jnp.ones((), th.dtype), _unit(th - delta)))
-            return cand
+        err, step = _damped_newton(loss, rtol)
 
     def cond(c):
         k, th, e = c

@@ -2,7 +2,7 @@
 
 Written to integrate the sharpness-reduction flow (3) while keeping ``ζ`` on the unit sphere and on
 ``Γ`` (THEORY.md). Shaped like diffrax, much smaller: a vector field ``f(t, y, args) -> dy/dt``;
-methods as data (:class:`ButcherTableau`: :data:`EULER`, :data:`HEUN`, :data:`RK4`, :data:`BOSH3`,
+methods as data (:mod:`eosflow.runge_kutta`, :class:`ButcherTableau`: :data:`EULER`, :data:`HEUN`, :data:`RK4`, :data:`BOSH3`,
 :data:`DOPRI5`); one generic step (:func:`rk_step`); a jitted driver (:func:`solve`) that returns a
 :class:`Solution`; dense output (:func:`interpolate`); :func:`raise_if_failed` outside of ``jit``.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -35,9 +34,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from eosflow.runge_kutta import (
+    BOSH3,
+    DOPRI5,
+    EULER,
+    HEUN,
+    RK4,
+    ButcherTableau,
+    Retraction,
+    VectorField,
+    identity,
+    rk_stages,
+    rk_step,
+)
+
 Array = jax.Array
-VectorField = Callable[[Array, Array, Any], Array]
-Retraction = Callable[[Array], Array]
 
 # fmt: off
 __all__ = [
@@ -45,129 +56,6 @@ __all__ = [
     "Result", "Stats", "Solution", "solve", "interpolate", "IntegrationError", "raise_if_failed",
 ]
 # fmt: on
-
-
-class ButcherTableau(NamedTuple):
-    """An explicit ``s``-stage Runge–Kutta method as data ([HNW] §II.1).
-
-    With a retraction ``R`` (identity when none)::
-
-        k_1 = f(t, y),   k_i = f(t + c_i dt, R(y + dt Σ_{j<i} a_ij k_j)),   i = 2..s
-        y_new = R(y + dt Σ_i b_i k_i)                 (order ``order``)
-        y_err = dt Σ_i (b_i − b̂_i) k_i               (``b̂ = b_err``, order ``error_order``)
-
-    Attributes:
-      name: for messages.
-      a: rows 2..s of the strictly lower-triangular matrix; ``a[i-2]`` holds ``a_i1..a_i,i-1``.
-      b: the ``s`` weights of the solution.
-      c: the ``s`` nodes, ``c_1 = 0``, ``c_i = Σ_j a_ij``.
-      order: ``p``, the order of ``y_new``.
-      b_err: the weights ``b̂`` of the embedded lower-order solution, or ``None`` (no error
-        estimate: fixed steps only).
-      error_order: ``p̂``, the order of the embedded solution.
-    """
-
-    name: str
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    c: tuple[float, ...]
-    order: int
-    b_err: tuple[float, ...] | None = None
-    error_order: int | None = None
-
-    @property
-    def fsal(self) -> bool:
-        """First Same As Last: the last stage is ``f(t + dt, y_new)``, the next step's ``k_1``."""
-        return bool(self.a) and self.c[-1] == 1.0 and tuple(self.a[-1]) + (0.0,) == self.b
-
-
-EULER = ButcherTableau("Euler", a=(), b=(1.0,), c=(0.0,), order=1)
-HEUN = ButcherTableau("Heun", a=((1.0,),), b=(0.5, 0.5), c=(0.0, 1.0), order=2)
-RK4 = ButcherTableau(
-    "RK4",
-    a=((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
-    c=(0.0, 0.5, 0.5, 1.0),
-    order=4,
-)
-BOSH3 = ButcherTableau(
-    "Bosh3",
-    a=((1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
-    b=(2 / 9, 1 / 3, 4 / 9, 0.0),
-    c=(0.0, 1 / 2, 3 / 4, 1.0),
-    order=3,
-    b_err=(7 / 24, 1 / 4, 1 / 3, 1 / 8),
-    error_order=2,
-)
-DOPRI5 = ButcherTableau(  # [HNW] Table II.5.2
-    "Dopri5",
-    a=(
-        (1 / 5,),
-        (3 / 40, 9 / 40),
-        (44 / 45, -56 / 15, 32 / 9),
-        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-    ),
-    b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
-    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
-    order=5,
-    b_err=(5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40),
-    error_order=4,
-)
-
-
-def _identity(y: Array) -> Array:
-    return y
-
-
-def _rk(tableau, f, t, y, dt, args, retract, k1):
-    """All stages of one step: ``(y_new, y_err or None, k_s)``; ``k1 = f(t, y)`` if given.
-
-    Stages 2..s run in a ``lax.fori_loop`` over the rows of the (static) matrix ``A``, so the
-    compiled program holds one copy of ``f`` and ``R`` however many stages the tableau has: ``f``
-    can be expensive to compile (the flow's vector field differentiates the loss three times).
-    """
-    R = retract or _identity
-    s = len(tableau.c)
-    A = np.zeros((s, s))
-    for i, row in enumerate(tableau.a, start=1):
-        A[i, : len(row)] = row
-    k1 = f(t, y, args) if k1 is None else k1
-    ks = jnp.zeros((s, *y.shape), y.dtype).at[0].set(k1)
-    if s > 1:
-        A_, c_ = jnp.asarray(A, y.dtype), jnp.asarray(tableau.c, y.dtype)
-
-        def stage(i, ks):
-            y_i = R(y + dt * jnp.tensordot(A_[i], ks, axes=1))
-            return ks.at[i].set(f(t + c_[i] * dt, y_i, args))
-
-        ks = lax.fori_loop(1, s, stage, ks)
-    y_new = R(y + dt * jnp.tensordot(jnp.asarray(tableau.b, y.dtype), ks, axes=1))
-    if tableau.b_err is None:
-        return y_new, None, ks[-1]
-    d = jnp.asarray([b - bh for b, bh in zip(tableau.b, tableau.b_err, strict=True)], y.dtype)
-    return y_new, dt * jnp.tensordot(d, ks, axes=1), ks[-1]
-
-
-def rk_step(
-    tableau: ButcherTableau,
-    f: VectorField,
-    t: Array,
-    y: Array,
-    dt: Array,
-    args: Any = None,
-    retract: Retraction | None = None,
-) -> tuple[Array, Array | None]:
-    """One explicit RK step of ``tableau`` (formulas in :class:`ButcherTableau`).
-
-    Returns:
-      ``(y_new, y_err)``: ``y_new`` approximates ``y(t + dt)`` (shape of ``y``, retracted when
-      ``retract`` is given); ``y_err = dt Σ (b_i − b̂_i) k_i`` estimates its local error (``None``
-      for tableaux without ``b_err``). Costs ``s`` evaluations of ``f``.
-    """
-    y_new, y_err, _ = _rk(tableau, f, t, y, dt, args, retract, None)
-    return y_new, y_err
 
 
 class PIController(NamedTuple):
@@ -292,6 +180,50 @@ def _pi_control(c: PIController, k: int, y, y_new, y_err, h, err_prev, finite):
     return accept, dt_next, jnp.where(accept, jnp.maximum(err, 1e-4), err_prev)
 
 
+def _initial_state(t0, t1, y0, f0, dt0, saveat, max_steps) -> _State:
+    """The loop state at ``t0``: buffers of ``max_steps + 1`` rows holding ``(t0, y0, f0)``
+    (``saveat=None``), or of ``len(saveat)`` rows with the requested times ``<= t0`` filled."""
+    dtype = y0.dtype
+    n_save = max_steps + 1 if saveat is None else saveat.shape[0]
+    ts = jnp.full((n_save,), jnp.inf, dtype)
+    ys = jnp.full((n_save, *y0.shape), jnp.nan, dtype)
+    fs = ys
+    if saveat is None:
+        ts, ys, fs, i_save = ts.at[0].set(t0), ys.at[0].set(y0), fs.at[0].set(f0), 1
+    else:
+        at_t0 = saveat <= t0
+        mask = at_t0.reshape(-1, *([1] * y0.ndim))
+        ts = jnp.where(at_t0, saveat, ts)
+        ys, fs = jnp.where(mask, y0, ys), jnp.where(mask, f0, fs)
+        i_save = jnp.sum(at_t0)
+    finite0 = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(f0))
+    result0 = jnp.where(finite0, jnp.where(t0 >= t1, Result.SUCCESS, _RUNNING), Result.NONFINITE)
+    i32 = lambda x: jnp.asarray(x, jnp.int32)
+    return _State(
+        t0, y0, f0, dt0, jnp.ones((), dtype), i32(i_save), ts, ys, fs,
+        i32(0), i32(0), i32(1), i32(result0),
+    )  # fmt: skip
+
+
+def _save(s: _State, accept, t_new, y_new, f_new, saveat, n_save, R):
+    """The save buffers after a step: the accepted step itself (``saveat=None``), or the cubic
+    Hermite interpolant at every requested time it passed (retracted by ``R``)."""
+    if saveat is None:
+        i = s.i_save
+        keep = lambda buf, v: buf.at[i].set(jnp.where(accept, v, buf[i]))
+        return i + accept, keep(s.ts, t_new), keep(s.ys, y_new), keep(s.fs, f_new)
+
+    def fill_cond(c):
+        return accept & (c[0] < n_save) & (saveat[jnp.minimum(c[0], n_save - 1)] <= t_new)
+
+    def fill(c):
+        i, ts, ys, fs = c
+        y_i, f_i = _hermite(s.t, s.y, s.fy, t_new, y_new, f_new, saveat[i])
+        return i + 1, ts.at[i].set(saveat[i]), ys.at[i].set(R(y_i)), fs.at[i].set(f_i)
+
+    return lax.while_loop(fill_cond, fill, (s.i_save, s.ts, s.ys, s.fs))
+
+
 @partial(jax.jit, static_argnames=("f", "tableau", "max_steps", "retract"))
 def solve(
     f: VectorField,
@@ -345,33 +277,15 @@ def solve(
         raise TypeError(f"y0 must be a floating array, got dtype {y0.dtype}.")
     dtype = y0.dtype
     t0, t1, dt0 = (jnp.asarray(x, dtype) for x in (t0, t1, dt0))
-    R = retract or _identity
+    R = retract or identity
     f0 = f(t0, y0, args)
     extra_fev = 0 if tableau.fsal else 1
     fevs_per_step = len(tableau.c) - 1 + extra_fev
 
     if saveat is not None:
         saveat = jnp.asarray(saveat, dtype)
-    n_save = max_steps + 1 if saveat is None else saveat.shape[0]
-    ts = jnp.full((n_save,), jnp.inf, dtype)
-    ys = jnp.full((n_save, *y0.shape), jnp.nan, dtype)
-    fs = ys
-    if saveat is None:
-        ts, ys, fs, i_save = ts.at[0].set(t0), ys.at[0].set(y0), fs.at[0].set(f0), 1
-    else:
-        at_t0 = saveat <= t0
-        mask = at_t0.reshape(-1, *([1] * y0.ndim))
-        ts = jnp.where(at_t0, saveat, ts)
-        ys, fs = jnp.where(mask, y0, ys), jnp.where(mask, f0, fs)
-        i_save = jnp.sum(at_t0)
-
-    finite0 = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(f0))
-    result0 = jnp.where(finite0, jnp.where(t0 >= t1, Result.SUCCESS, _RUNNING), Result.NONFINITE)
-    i32 = lambda x: jnp.asarray(x, jnp.int32)
-    init = _State(
-        t0, y0, f0, dt0, jnp.ones((), dtype), i32(i_save), ts, ys, fs,
-        i32(0), i32(0), i32(1), i32(result0),
-    )  # fmt: skip
+    init = _initial_state(t0, t1, y0, f0, dt0, saveat, max_steps)
+    n_save = init.ts.shape[0]
 
     def body(s: _State) -> _State:
         if controller is None:  # t0 + n·dt0: no drift from summing dt0
@@ -381,7 +295,7 @@ def solve(
         last = t_next + 0.01 * s.dt >= t1
         t_new = jnp.where(last, t1, t_next)
         h = t_new - s.t
-        y_new, y_err, k_s = _rk(tableau, f, s.t, s.y, h, args, retract, s.fy)
+        y_new, y_err, k_s = rk_stages(tableau, f, s.t, s.y, h, args, retract, s.fy)
         f_new = k_s if tableau.fsal else f(t_new, y_new, args)
         finite = jnp.all(jnp.isfinite(y_new)) & jnp.all(jnp.isfinite(f_new))
         if controller is None:
@@ -396,23 +310,7 @@ def solve(
             underflow = dt_next < jnp.maximum(controller.dt_min, ulps)
             stop_nonfinite = underflow & ~finite
 
-        if saveat is None:
-            i = s.i_save
-            keep = lambda buf, v: buf.at[i].set(jnp.where(accept, v, buf[i]))
-            ts, ys, fs = keep(s.ts, t_new), keep(s.ys, y_new), keep(s.fs, f_new)
-            i_save = i + accept
-        else:
-
-            def fill_cond(c):
-                return accept & (c[0] < n_save) & (saveat[jnp.minimum(c[0], n_save - 1)] <= t_new)
-
-            def fill(c):
-                i, ts, ys, fs = c
-                y_i, f_i = _hermite(s.t, s.y, s.fy, t_new, y_new, f_new, saveat[i])
-                return i + 1, ts.at[i].set(saveat[i]), ys.at[i].set(R(y_i)), fs.at[i].set(f_i)
-
-            i_save, ts, ys, fs = lax.while_loop(fill_cond, fill, (s.i_save, s.ts, s.ys, s.fs))
-
+        i_save, ts, ys, fs = _save(s, accept, t_new, y_new, f_new, saveat, n_save, R)
         n_acc, n_rej = s.n_acc + accept, s.n_rej + ~accept
         result = jnp.select(
             [accept & last, stop_nonfinite, underflow, n_acc + n_rej >= max_steps],
@@ -422,7 +320,7 @@ def solve(
         pick = lambda new, old: jnp.where(accept, new, old)
         return _State(
             pick(t_new, s.t), pick(y_new, s.y), pick(f_new, s.fy), dt_next, err_prev, i_save,
-            ts, ys, fs, n_acc, n_rej, s.n_fev + fevs_per_step, i32(result),
+            ts, ys, fs, n_acc, n_rej, s.n_fev + fevs_per_step, jnp.asarray(result, jnp.int32),
         )  # fmt: skip
 
     s = lax.while_loop(lambda s: s.result == _RUNNING, body, init)
@@ -450,7 +348,7 @@ def interpolate(solution: Solution, t: Array, retract: Retraction | None = None)
     """
     ts, ys, fs = solution.ts, solution.ys, solution.fs
     n = jnp.sum(jnp.isfinite(ts))
-    R = retract or _identity
+    R = retract or identity
 
     def one(tau):
         i = jnp.clip(jnp.searchsorted(ts, tau, side="right") - 1, 0, jnp.maximum(n - 2, 0))

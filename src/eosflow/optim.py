@@ -30,12 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from eosflow.dynamics import GEOMETRIES, Dynamics
 from eosflow.eff_lr_fit import measured_eff_lr, measured_lr
-from eosflow.sharpness import default_v0, hvp, lanczos_top_eigs
+from eosflow.sharpness_path import eigs_along
 from eosflow.trajectory import Trajectory
 from eosflow.validation import is_tracer
 
@@ -257,16 +256,13 @@ def plain_top_eigs(
 ) -> tuple[Array, Array]:
     """Top eigenpair of the plain Hessian ``∇²L(w)`` at each row of ``ws`` ``(S, D)``.
 
-    One ``lax.scan``; Lanczos (relative residual 1e-10) warm-started from the previous
-    eigenvector (``v0``, default a fixed random unit vector, for the first row). Returns
-    ``(λ1 (S,), v1 (S, D))``; ``λ1`` is the largest *algebraic* eigenvalue.
+    One ``lax.scan`` (:func:`eosflow.sharpness_path.eigs_along` at ``w``, not ``θ``); Lanczos
+    (relative residual 1e-10) warm-started from the previous eigenvector (``v0``, default a fixed
+    random unit vector, for the first row). Returns ``(λ1 (S,), v1 (S, D))``; ``λ1`` is the
+    largest *algebraic* eigenvalue; NaN at a non-finite row.
     """
-    ws = jnp.asarray(ws)
-    v0 = default_v0(ws.shape[1], ws.dtype) if v0 is None else v0
-
-    def body(v, w):
-        r = lanczos_top_eigs(lambda u: hvp(loss, w, u), v, 1, num_iter=lanczos_iter)
-        return r.eigenvectors[0], (r.eigenvalues[0], r.eigenvectors[0])
-
-    _, (lam, vec) = lax.scan(body, v0, ws)
-    return lam, vec
+    lam, _, _, vec = eigs_along(
+        loss, jnp.asarray(ws), v0, spherical=False, num=1, lanczos_iter=lanczos_iter,
+        tol=1e-10, max_restarts=50, vectors=True,
+    )  # fmt: skip
+    return lam[:, 0], vec[:, 0]

@@ -314,6 +314,11 @@ class RunRecorder:
         An interrupted run leaves it; ``eosflow run ... --resume`` continues from it."""
         return self.out / CHECKPOINTS / f"{prefix or 'run'}.npz"
 
+    def checkpoint_dir(self, name: str) -> Path:
+        """A checkpoint *folder* (e.g. a sweep's ``out_dir``): ``out/.checkpoints/NAME``,
+        removed with the other checkpoints when the run finishes."""
+        return self.out / CHECKPOINTS / name
+
     def update(self, **arrays) -> None:
         """Add (or replace) arrays and rewrite ``arrays.partial.npz`` with all of them."""
         self.arrays.update({k: np.asarray(v) for k, v in arrays.items()})
@@ -352,7 +357,6 @@ class RunRecorder:
             os.unlink(self.partial_path)
         except FileNotFoundError:
             pass
-        shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         summary = {
             "experiment": self.name,
             "description": description,
@@ -367,4 +371,6 @@ class RunRecorder:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         save_json(self.out / SUMMARY, summary)
+        # Last: a run killed before this line still has its checkpoints (and resumes).
+        shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         return summary

@@ -7,7 +7,7 @@ interactive session. PNGs are written atomically (:func:`eosflow.runio.save_byte
 
 Progress: every phase of a run that can take more than a couple of seconds says on stderr that it
 starts (:func:`phase`), and one made of steps also draws a bar (:func:`bar`, or the one of
-:func:`eosflow.runio.run_chunked`); ``progress=False`` (``eosflow run --no-progress``) silences
+:func:`eosflow.chunks.run_chunked`); ``progress=False`` (``eosflow run --no-progress``) silences
 both.
 """
 

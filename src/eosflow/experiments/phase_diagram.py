@@ -35,7 +35,7 @@ errors are saved. Configurations that never fit, that reach ``η̃λ1 >= 2`` at 
 fit record already (EoS before the fit: no prediction), or that do not reach EoS within ``steps``
 are reported as such and left out of the comparison.
 
-The sweep streams its chunks to ``out/sweep-<config digest>/`` and resumes from there if the run is
+The sweep streams its chunks to ``out/.checkpoints/sweep-<config digest>/`` and resumes from there if the run is
 interrupted and started again with the same settings (``--force`` to reuse the folder); the
 folder is removed when the run finishes (its contents are in ``arrays.npz``).
 
@@ -207,8 +207,8 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     loss = linear_regression_bn(data.X, data.y)
     w0 = c["init_scale"] * jax.random.normal(kw, (c["d"],))
     rec = RunRecorder(out, NAME, c)
-    sweep_dir = out / f"sweep-{_digest(c)}"
-    for old in out.glob("sweep-*"):  # an interrupted run with other settings: ours, stale
+    sweep_dir = rec.checkpoint_dir(f"sweep-{_digest(c)}")
+    for old in sweep_dir.parent.glob("sweep-*"):  # an interrupted run, other settings: stale
         if old != sweep_dir and old.is_dir():
             shutil.rmtree(old)
     k = int(c["every"])
@@ -284,7 +284,6 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
             "distance of the predicted step to the window (previous record, EoS record]",
         ],
     )
-    shutil.rmtree(sweep_dir, ignore_errors=True)
     return key
 
 

@@ -99,7 +99,8 @@ from eosflow.losses.matrix_completion import (
 )
 from eosflow.optim import plain_top_eigs, scalar_rmsprop
 from eosflow.runio import Progress, RunRecorder
-from eosflow.sharpness import dense_top_eigs, sharpness_along
+from eosflow.sharpness import dense_top_eigs
+from eosflow.sharpness_path import sharpness_along
 from eosflow.simulation import simulate_optax, simulate_rmsprop
 
 NAME = "rmsprop"

@@ -10,9 +10,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from eosflow.driver import Records, RunState, run_records
 from eosflow.dynamics import Dynamics
+from eosflow.eigensolvers import default_v0
 from eosflow.gd import StepInfo
 from eosflow.params import flatten_loss
-from eosflow.sharpness import default_v0
 
 __all__ = ["sweep_chunk", "RUN_STATE_AXES"]
 

@@ -99,3 +99,23 @@ def test_force_clears_stale_checkpoints(tmp_path):
     r = run_cli([*ARGS, "--steps", "300", "--out", out, "--force"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (out / "arrays.npz").exists() and not (out / ".checkpoints").exists()
+
+
+def test_force_removes_only_the_runs_own_files(tmp_path):
+    """``--force`` clears an earlier run's arrays, summary, the figures its summary lists and its
+    checkpoints; a PNG (or anything else) the user put in the folder stays."""
+    from eosflow import run_folder
+
+    out = tmp_path / "out"
+    (out / ".checkpoints").mkdir(parents=True)
+    for name in ("arrays.npz", "arrays.partial.npz", "figure3.png", "mine.png", "notes.txt"):
+        (out / name).write_bytes(b"x")
+    (out / "summary.json").write_text('{"figures": ["figure3.png"]}')
+    (out / ".checkpoints" / "run.npz").write_bytes(b"x")
+    listed = sorted(p.name for p in run_folder.run_files(out))
+    assert listed == ["arrays.npz", "arrays.partial.npz", "figure3.png", "summary.json"]
+    run_folder.prepare_out(out, True, False, "toy3d", {"steps": 1})
+    assert sorted(p.name for p in out.iterdir()) == [".checkpoints", "mine.png", "notes.txt"]
+    assert [p.name for p in (out / ".checkpoints").iterdir()] == ["settings.json"]
+    with pytest.raises(run_folder.RunFolderError, match="not empty"):
+        run_folder.prepare_out(out, False, False, "toy3d", {"steps": 1})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from _helpers import run_cli
 
-from eosflow import cli, runio
+from eosflow import cli, run_folder, runio
 
 # --- output files follow the umask ---------------------------------------------------------------
 
@@ -125,10 +125,10 @@ def test_writable_out_is_left_clean(tmp_path, monkeypatch):
     """The probe file is removed; a writable folder passes the check and holds only the run's
     settings (for --resume)."""
     out = tmp_path / "new" / "out"
-    assert cli._prepare_out(out, False, False, "toy3d", {"steps": 1}) is True
+    assert run_folder.prepare_out(out, False, False, "toy3d", {"steps": 1}) is True
     assert out.is_dir() and [p.name for p in out.iterdir()] == [".checkpoints"]
     assert [p.name for p in (out / ".checkpoints").iterdir()] == ["settings.json"]
-    assert cli._prepare_out(out, True, False, "toy3d", {"steps": 1}) is False  # exists now
+    assert run_folder.prepare_out(out, True, False, "toy3d", {"steps": 1}) is False  # exists now
 
 
 # --- a broken CIFAR-10 folder: one line, exit 2 -------------------------------------------------

@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import eosflow
 from eosflow import experiments
 from eosflow.chunks import CheckpointMismatch
 from eosflow.data import DataError
-from eosflow.runio import ARRAYS, CHECKPOINTS, PARTIAL, SUMMARY, jsonable, save_json
+from eosflow.run_folder import RunFolderError, forget_run, prepare_out
+from eosflow.runio import ARRAYS, PARTIAL, SUMMARY, save_json
 
 __all__ = ["main", "build_parser"]
 
@@ -49,9 +47,6 @@ examples:
 Each run writes arrays.npz, summary.json (config, seed, versions, device, wall time, key numbers)
 and PNG figures to its folder. Bad arguments exit with status 2.
 """
-
-RUN_SETTINGS = "settings.json"
-_OUTPUT_GLOBS = (ARRAYS, PARTIAL, SUMMARY, "*.png", f".{ARRAYS}.*.tmp", f".{PARTIAL}.*.tmp")
 
 
 class UsageError(Exception):
@@ -252,84 +247,6 @@ def _check_config(config: dict) -> None:
         )
 
 
-def _check_writable(out: Path) -> bool:
-    """Create ``out`` if needed and write and remove a probe file there, so that a read-only or
-    impossible output folder is reported before any computing. Returns whether ``out`` was
-    created here."""
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".eosflow-probe.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise UsageError(f"cannot write to output folder {out}: {reason}") from None
-    return created
-
-
-def _prepare_out(out: Path, force: bool, resume: bool, name: str, config: dict) -> bool:
-    """Check (and with ``--force`` clear) the output folder; with ``--resume`` check that it
-    holds an interrupted run of ``name`` with the same ``config``. Saves the run's settings
-    next to its checkpoints so that a later ``--resume`` can check them. Returns whether the
-    folder was created here."""
-    if force and resume:
-        raise UsageError("--force and --resume exclude each other")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} exists and is not a folder")
-    settings = out / CHECKPOINTS / RUN_SETTINGS
-    if resume:  # before creating anything: a folder without a run to resume stays untouched
-        _check_resumable(out, settings, name, config)
-    created = _check_writable(out)
-    if not resume and any(out.iterdir()):
-        if not force:
-            hint = "--resume to continue the interrupted run there, " if settings.exists() else ""
-            raise UsageError(
-                f"output folder {out} exists and is not empty; use {hint}--force to overwrite "
-                "or --out to choose another"
-            )
-        for pattern in _OUTPUT_GLOBS:  # only files a run writes; nothing else is touched
-            for f in out.glob(pattern):
-                if f.is_file():
-                    f.unlink()
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    save_json(settings, {"experiment": name, "config": config})
-    return created
-
-
-def _check_resumable(out: Path, settings: Path, name: str, config: dict) -> None:
-    """``--resume``: the folder must hold an interrupted run of this experiment, same settings."""
-    if not settings.exists():
-        what = "a finished run" if (out / SUMMARY).exists() else "no interrupted run"
-        raise UsageError(f"--resume: {out} holds {what}; nothing to resume")
-    try:
-        saved = json.loads(settings.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(
-            f"--resume: cannot read {settings} ({e}); use --force to start over"
-        ) from None
-    old = json.loads(json.dumps(saved.get("config", {})))
-    new = json.loads(json.dumps(jsonable(config)))
-    if saved.get("experiment") != name or old != new:
-        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UsageError(
-            f"--resume: {out} holds a run of {saved.get('experiment')!r} with other settings "
-            f"(differs in: {', '.join(keys) or 'experiment'}); give the same settings, or --force"
-        )
-
-
-def _forget_run(out: Path, created: bool) -> None:
-    """After a run that cannot be resumed (bad data, divergence): remove its checkpoints and
-    settings, so that the folder does not offer ``--resume``; and ``out`` itself if this run
-    created it and nothing else was written there."""
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    if created:
-        try:
-            out.rmdir()
-        except OSError:
-            pass
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -374,14 +291,17 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
         except (ValueError, TypeError, KeyError, DataError) as e:
             raise UsageError(f"bad settings for {args.name}: {e}") from None
     out = args.out or Path("runs") / (args.name + ("-quick" if args.quick else ""))
-    created = _prepare_out(out, args.force, args.resume, args.name, config)
+    try:
+        created = prepare_out(out, args.force, args.resume, args.name, config)
+    except RunFolderError as e:
+        raise UsageError(str(e)) from None
 
     mode = "quick" if args.quick else "full"
     print(f"eosflow: running {args.name} ({mode}) -> {out}", file=sys.stderr)
     try:
         key_numbers = module.run(config, out, progress=not args.no_progress)
     except DataError as e:
-        _forget_run(out, created)
+        forget_run(out, created)
         raise UsageError(f"bad data for {args.name}: {e}") from None
     except KeyboardInterrupt:
         partial = out / PARTIAL
@@ -396,7 +316,7 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
     except CheckpointMismatch as e:
         raise UsageError(f"{e}; with the eosflow command: --force starts over") from None
     except eosflow.NonFiniteError as e:
-        _forget_run(out, False)  # resuming would diverge again
+        forget_run(out, False)  # resuming would diverge again
         print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
 

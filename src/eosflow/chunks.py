@@ -27,13 +27,14 @@ from eosflow.driver import RunState, start_run_state
 from eosflow.runio import Progress, save_npz
 from eosflow.simulation import Resolved, resolve_dynamics, run_part
 from eosflow.trajectory import Trajectory, cut_at_nonfinite
-from eosflow.validation import validate_chunk, validate_on_nonfinite, validate_run_args
+from eosflow.validation import (
+    CheckpointMismatch,
+    validate_chunk,
+    validate_on_nonfinite,
+    validate_run_args,
+)
 
 __all__ = ["run_chunked", "concat_trajectories", "default_chunk", "CheckpointMismatch"]
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint file holds a different run (other arguments); it is not resumed."""
 
 
 def default_chunk(steps: int, unit: int, target_chunks: int = 10) -> int:

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import eosflow
 from eosflow import experiments
-from eosflow.chunks import CheckpointMismatch
 from eosflow.data import DataError
 from eosflow.run_folder import RunFolderError, forget_run, prepare_out
 from eosflow.runio import ARRAYS, PARTIAL, SUMMARY, save_json
+from eosflow.validation import CheckpointMismatch
 
 __all__ = ["main", "build_parser"]
 

@@ -38,7 +38,8 @@ def hashable(*xs) -> bool:
 
 def dispatch(impl: Callable, jitted: Callable, args: tuple, static: dict):
     """``impl(*args, **static)``: through ``jitted`` (``impl`` jitted with ``static`` as static
-    arguments) when every array in ``args`` is concrete and ``static`` is hashable, so an eager
+    arguments) when every array in ``args`` is concrete and ``static`` is hashable (a traced
+    option is a tracer, which is not), so an eager
     call compiles once per (static values, argument shapes/dtypes/structure); directly under a
     trace (the caller's transformation compiles it) or with an unhashable loss."""
     if is_traced(args) or not hashable(*static.values()):

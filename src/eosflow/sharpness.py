@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from eosflow.compile_once import dispatch, is_traced, static_number
+from eosflow.compile_once import dispatch, static_number
 from eosflow.eigensolvers import (
     EigResult,
     default_v0,
@@ -135,8 +135,6 @@ def hessian_top_eigs(
       an :class:`EigResult`.
     """
     static = _eig_static(loss, k, method, tol, num_iter, max_iter)
-    if is_traced(static["tol"], static["max_iter"]):
-        return _hessian_top_eigs(w, v0, **static)
     return dispatch(_hessian_top_eigs, _hessian_top_eigs_jit, (w, v0), static)
 
 
@@ -185,8 +183,6 @@ def spherical_sharpness(loss: Callable, w, **kwargs) -> Sharpness:
         kwargs.get("num_iter", 30),
         kwargs.get("max_iter", 2000),
     )
-    if is_traced(static["tol"], static["max_iter"]):
-        return _spherical_sharpness(w, v0, **static)
     return dispatch(_spherical_sharpness, _spherical_sharpness_jit, (w, v0), static)
 
 

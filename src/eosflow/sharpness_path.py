@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from eosflow.compile_once import dispatch, is_traced, static_number
+from eosflow.compile_once import dispatch, static_number
 from eosflow.eigensolvers import default_v0, hvp, lanczos_top_eigs
 from eosflow.params import flatten_loss
 
@@ -156,7 +156,8 @@ def sharpness_along(
     relative residual ``tol``, at most ``max_restarts`` cycles per eigenpair) warm-started from
     the previous point's top eigenvector — as :func:`eosflow.simulate` does with
     ``sharpness_every``, but after the run and at any points. The first point starts from ``v0``
-    (default :func:`eosflow.eigensolvers.default_v0`). All points (and configurations) run in one compiled
+    (flat ``(D,)``, shared by a sweep's configurations; default
+    :func:`eosflow.eigensolvers.default_v0`). All points (and configurations) run in one compiled
     ``lax.scan`` (``vmap``-ed over a sweep's configurations); eager calls compile once per (loss
     object, shape/dtype of the points taken, ``w_like``'s structure, options) and reuse it.
 
@@ -170,7 +171,9 @@ def sharpness_along(
           ``w`` ``(B, T, D)`` and ``w_final`` leaves ``(B, ...)``;
         * a plain array of flat parameters, ``(T, D)`` or ``(B, T, D)``: the loss must take flat
           vectors, or pass ``w_like``.
-      every: take records ``0, every, 2·every, ...``.
+      every: take records ``0, every, 2·every, ...`` — it counts *records* (rows of ``traj.w``),
+        not steps as ``simulate``'s ``sharpness_every`` does; the last record is taken only when
+        ``(T − 1)`` is a multiple of ``every``.
       num: number of top eigenvalues per point (``1 <= num <= min(lanczos_iter, D)``).
       vectors: also return the eigenvectors ``(..., num, D)`` (memory: like ``w`` times ``num``).
       w_like: a parameter pytree whose structure, shapes and dtypes say how to unravel a flat row
@@ -234,9 +237,6 @@ def sharpness_along(
         max_restarts=int(max_restarts),
         vectors=bool(vectors),
     )
-    if is_traced(static["tol"]):
-        out = _sharpness_along(ws, v0, **static)
-    else:
-        out = dispatch(_sharpness_along, _sharpness_along_jit, (ws, v0), static)
+    out = dispatch(_sharpness_along, _sharpness_along_jit, (ws, v0), static)
     lam, res, n, vecs = out
     return SharpnessAlong(index, step, lam, res, n, vecs)

@@ -20,7 +20,13 @@ __all__ = [
     "validate_run_args",
     "validate_on_nonfinite",
     "validate_chunk",
+    "CheckpointMismatch",
 ]
+
+
+class CheckpointMismatch(ValueError):
+    """Saved work (a run's checkpoint, a sweep's manifest) belongs to a run with other
+    arguments, or is not ours: it is not resumed."""
 
 
 def is_tracer(x) -> bool:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.trajectory import PER_RECORD, Trajectory
+from eosflow.validation import CheckpointMismatch
 
 __all__ = [
     "MANIFEST",
@@ -92,9 +93,14 @@ def manifest_config(cfg, W0, L0, w_like, **settings) -> dict:
 
 
 def check_manifest(path: Path, config: dict) -> None:
-    saved = json.loads(path.read_text())
+    """Refuse (:class:`~eosflow.validation.CheckpointMismatch`) to resume the sweep saved at
+    ``path`` unless it is an eosflow sweep of this format with the same ``config``."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointMismatch(f"sweep: cannot read {path} ({e})") from None
     if saved.get("format") != FORMAT:
-        raise ValueError(f"sweep: {path} is not an eosflow sweep manifest ({FORMAT})")
+        raise CheckpointMismatch(f"sweep: {path} is not an eosflow sweep manifest ({FORMAT})")
     old = saved["config"]
     diff = []
     for k in sorted(set(old) | set(config)):
@@ -108,7 +114,7 @@ def check_manifest(path: Path, config: dict) -> None:
         if not same:
             diff.append(k)
     if diff:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"sweep: {path.parent} holds a sweep with a different configuration (differs in: "
             f"{', '.join(diff)}); refusing to resume it. Use another out_dir or delete that one"
         )

@@ -145,3 +145,24 @@ def test_eos_onset_needs_sharpness():
     traj = eosflow.simulate(LOSS, W0, 0.1, 0.01, steps=3)
     with pytest.raises(ValueError, match="sharpness_every"):
         eosflow.eos_onset(traj)
+
+
+def test_shape_contracts_at_internal_boundaries_are_checked():
+    """chex shape/dtype assertions (trace time) where a mismatch would otherwise give a silently
+    wrong number or an opaque loop error: a batch of vectors to ``project_tangent`` (``vdot``
+    would flatten it), a vector field returning the wrong shape to ``ode.solve``, an HVP
+    direction of another dtype."""
+    from eosflow.eigensolvers import hvp
+    from eosflow.ode import RK4, solve
+
+    loss = eosflow.toy3d()
+    theta = eosflow.losses.toy3d_flattest_point()
+    geom = eosflow.local_geometry(loss, theta)
+    with pytest.raises(AssertionError, match="rank"):
+        eosflow.project_tangent(geom, theta, jnp.ones((2, 3)))
+    with pytest.raises(AssertionError, match="shape"):
+        solve(lambda t, y, a: jnp.ones(4), RK4, 0.0, 1.0, jnp.ones(3), dt0=0.1)
+    with pytest.raises(AssertionError, match="float32"):
+        hvp(loss, jnp.ones(3), jnp.ones(3, jnp.float32))
+    v = jnp.array([0.0, 1.0, 0.0])  # a valid call still works: the result is tangent to θ
+    assert abs(float(jnp.vdot(theta, eosflow.project_tangent(geom, theta, v)))) < 1e-12

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -55,7 +56,10 @@ class EigResult(NamedTuple):
 
 
 def hvp(loss: Callable, w: Array, v: Array) -> Array:
-    """Hessian-vector product ``∇²L(w) v`` by ``jax.jvp`` of ``jax.grad`` (forward-over-reverse)."""
+    """Hessian-vector product ``∇²L(w) v`` by ``jax.jvp`` of ``jax.grad`` (forward-over-reverse).
+
+    ``w`` and ``v`` must have the same structure, shapes and dtypes (checked at trace time)."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(w, v)
     return jax.jvp(jax.grad(loss), (w,), (v,))[1]
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -139,7 +140,12 @@ def local_geometry(
 
 
 def project_tangent(geom: Geometry, theta: Array, v: Array) -> Array:
-    """Orthogonal projection of ``v`` onto ``T_θΓ = null(∇²L(θ)) ∩ θ^⊥``."""
+    """Orthogonal projection of ``v`` onto ``T_θΓ = null(∇²L(θ)) ∩ θ^⊥``.
+
+    ``theta`` and ``v`` are one flat ``(D,)`` vector each (checked: a batch of ``v`` would be
+    flattened by ``vdot`` into a wrong answer; ``vmap`` the function instead)."""
+    chex.assert_rank([theta, v], 1)
+    chex.assert_equal_shape([theta, v, geom.normal[:, 0]])
     N = geom.normal * geom.mask[None, :]
     v = v - N @ (N.T @ v)
     return v - theta * jnp.vdot(theta, v)

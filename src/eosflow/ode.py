@@ -29,6 +29,7 @@ import math
 from functools import partial
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -279,6 +280,7 @@ def solve(
     t0, t1, dt0 = (jnp.asarray(x, dtype) for x in (t0, t1, dt0))
     R = retract or identity
     f0 = f(t0, y0, args)
+    chex.assert_equal_shape([f0, y0])  # f(t, y) must return dy/dt of y's shape (trace time)
     extra_fev = 0 if tableau.fsal else 1
     fevs_per_step = len(tableau.c) - 1 + extra_fev
 

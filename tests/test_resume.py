@@ -119,3 +119,22 @@ def test_force_removes_only_the_runs_own_files(tmp_path):
     assert [p.name for p in (out / ".checkpoints").iterdir()] == ["settings.json"]
     with pytest.raises(run_folder.RunFolderError, match="not empty"):
         run_folder.prepare_out(out, False, False, "toy3d", {"steps": 1})
+
+
+def test_a_full_disk_during_a_run_is_one_line(tmp_path, monkeypatch, capsys):
+    """An ``OSError`` while saving (here: no space left, simulated) ends the command with one
+    line, exit 1, not a traceback; the folder can be resumed once fixed."""
+    import errno
+
+    from eosflow import cli, runio
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runio, "save_npz", full)
+    out = tmp_path / "out"
+    assert cli.main([*ARGS, "--steps", "300", "--no-progress", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("eosflow: running"), err
+    assert "No space left on device" in err[1] and "--resume" in err[1]
+    assert (out / ".checkpoints" / "settings.json").exists()

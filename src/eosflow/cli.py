@@ -319,6 +319,13 @@ def _cmd_run(args, argv: list[str] | None = None) -> int:
         forget_run(out, False)  # resuming would diverge again
         print(f"eosflow: error: the run diverged: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. the disk filled up while saving
+        print(
+            f"eosflow: error: cannot write the results to {out}: {e.strerror or e}; what was "
+            "saved before is kept (continue with --resume once this is fixed)",
+            file=sys.stderr,
+        )
+        return 1
 
     if not args.no_plot and not args.no_progress:
         print(f"eosflow: drawing the figures of {args.name} ...", file=sys.stderr, flush=True)

@@ -9,6 +9,9 @@ Progress: every phase of a run that can take more than a couple of seconds says 
 starts (:func:`phase`), and one made of steps also draws a bar (:func:`bar`, or the one of
 :func:`eosflow.chunks.run_chunked`); ``progress=False`` (``eosflow run --no-progress``) silences
 both.
+
+Problems: :func:`linreg_bn_problem` is Section 5's linear regression with BatchNorm (data, loss,
+``w0``) as the experiments on it draw it from their ``seed``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from eosflow.losses import linear_regression_bn, make_linear_regression_data
 from eosflow.runio import ARRAYS, SUMMARY, Progress, save_bytes
 
 #: One colour per run, shared by all figures.
@@ -92,3 +97,23 @@ def as_float(x) -> float | None:
         return None
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def linreg_bn_problem(config: dict, *, n_test: int | None = None, scale_by_sqrt_d: bool = True):
+    """``(data, loss, w0)``: Section 5's linear regression with BN from ``config``'s ``seed``,
+    ``n``, ``d`` and ``init_scale``.
+
+    ``kd, kw = split(PRNGKey(seed))``; ``data = make_linear_regression_data(kd, n, d)`` (with
+    ``n_test`` test samples if given, else the function's default); ``loss =
+    linear_regression_bn(data.X, data.y)``; ``w0 = init_scale · N(0, I_d)`` from ``kw``, divided
+    by ``sqrt(d)`` if ``scale_by_sqrt_d`` (so ``||w0|| ≈ init_scale``).
+    """
+    c = config
+    kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
+    test = {} if n_test is None else {"n_test": n_test}
+    data = make_linear_regression_data(kd, n=c["n"], d=c["d"], **test)
+    loss = linear_regression_bn(data.X, data.y)
+    w0 = c["init_scale"] * jax.random.normal(kw, (c["d"],))
+    if scale_by_sqrt_d:
+        w0 = w0 / np.sqrt(c["d"])
+    return data, loss, w0

@@ -33,6 +33,7 @@ from eosflow.eos import eos_onset, fit_step
 from eosflow.experiments._common import (
     as_float,
     bar,
+    linreg_bn_problem,
     load_arrays,
     load_summary,
     new_figure,
@@ -40,12 +41,7 @@ from eosflow.experiments._common import (
     save_figure,
 )
 from eosflow.flow import sharpness_reduction_flow
-from eosflow.losses import (
-    linear_regression_bn,
-    linear_regression_bn_test_loss,
-    make_linear_regression_data,
-    relative_distance_to_min_norm,
-)
+from eosflow.losses import linear_regression_bn_test_loss, relative_distance_to_min_norm
 from eosflow.manifold import project_to_manifold
 from eosflow.runio import RunRecorder
 
@@ -105,7 +101,8 @@ def _dist_and_test(data, W):
 
 
 def run(config: dict, out: Path, progress: bool = True) -> dict:
-    """Run the three parts (GD+WD, flow, contrast), save arrays and summary, return key numbers."""
+    """Run the four parts (GD+WD, flow, oscillation, contrast), save arrays and summary, return
+    the key numbers."""
     c = config
     validate_config(c)
     phase(
@@ -114,15 +111,38 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         "recorded (the first chunk compiles)",
         progress,
     )
-    kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
-    data = make_linear_regression_data(kd, n=c["n"], d=c["d"], n_test=c["n_test"])
-    loss = linear_regression_bn(data.X, data.y)
-    w0 = c["init_scale"] * jax.random.normal(kw, (c["d"],)) / np.sqrt(c["d"])
+    data, loss, w0 = linreg_bn_problem(c, n_test=c["n_test"])
     rec = RunRecorder(out, NAME, c)
-    steps, lr, wd, k = int(c["steps"]), float(c["lr"]), float(c["wd"]), int(c["save_w_every"])
-    eta_in = lr * wd
+    traj, rd, key = _gd_wd(c, rec, data, loss, w0, progress)
+    t_eos = key["eos_step"]
+    if t_eos is None:
+        key["note"] = "EoS was not reached: increase steps or lr*wd"
+        rec.finish(key, dtype=w0.dtype, description=DESCRIPTION, paper=PAPER)
+        return key
+    key.update(_flow(c, rec, data, loss, traj, t_eos, progress))
+    key.update(_oscillation(c, rec, loss, traj, t_eos, progress))
+    key.update(_contrast(c, rec, data, loss, w0, rd, t_eos, progress))
+    rec.finish(
+        key,
+        dtype=w0.dtype,
+        description=DESCRIPTION,
+        paper=PAPER,
+        notes=[
+            "rel_dist = ||(w~, b~) - (w_M, b_M)|| / ||(w_M, b_M)||, (w~, b~) from eq. (4)",
+            "rel_dist of theta_t is floored by the O(sqrt(eta_in)) oscillation across Gamma; "
+            "rel_dist_phi uses Phi(theta_t), the projection onto Gamma",
+            "flow starts at Phi(theta at EoS entry); flow time tau = (t - eos_step) * lr * wd",
+            "contrast: same lr, wd = contrast_wd (0: no weight decay, stays stable, ~ gradient flow)",
+            "data: x ~ N(1, I_d), linear teacher; the paper's data scaling is not given",
+        ],
+    )
+    return key
 
-    # 1. GD+WD, every step recorded (the oscillation analysis needs consecutive steps).
+
+def _gd_wd(c, rec, data, loss, w0, progress):
+    """Part 1 (Figure 5a-b): GD+WD, eq. (1), every step; distance to (M), test loss, EoS entry."""
+    steps, lr, wd, k = int(c["steps"]), float(c["lr"]), float(c["wd"]), int(c["save_w_every"])
+    # Every step recorded (the oscillation analysis needs consecutive steps).
     traj = run_chunked(
         loss, w0, lr, wd, steps, record_every=1, sharpness_every=int(c["sharpness_every"]),
         progress=progress, label=NAME, on_chunk=rec.on_chunk("gd_", _FIELDS),
@@ -135,9 +155,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     t_eos = eos_onset(traj, fit_tol=c["fit_tol"])
     key: dict = {"fit_step": t_fit, "eos_step": t_eos}
     if t_eos is None:
-        key["note"] = "EoS was not reached: increase steps or lr*wd"
-        rec.finish(key, dtype=w0.dtype, description=DESCRIPTION, paper=PAPER)
-        return key
+        return traj, rd, key
     i_eos = t_eos // k
     lam = np.asarray(traj.sharpness)
     lam_ok = np.isfinite(lam)
@@ -151,8 +169,13 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         sharpness_end=as_float(lam[lam_ok][-1]),
         train_loss_eos_median=as_float(np.median(np.asarray(traj.loss)[t_eos:])),
     )
+    return traj, rd, key
 
-    # 2. The flow from Φ(θ at entry), overlaid in flow time.
+
+def _flow(c, rec, data, loss, traj, t_eos, progress) -> dict:
+    """Part 2 (Theorems 4.7, 5.1): the flow (3) from Φ(θ at EoS entry), tracking, Φ(θ_t) to (M)."""
+    steps, k = int(c["steps"]), int(c["save_w_every"])
+    eta_in = float(c["lr"]) * float(c["wd"])
     phase(NAME, f"projection of θ at EoS entry (step {t_eos}) onto the manifold Γ", progress)
     zeta0 = project_to_manifold(loss, jnp.asarray(traj.theta[t_eos])).point
     tau_end = (steps - 1 - t_eos) * eta_in
@@ -179,7 +202,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         track_step=tk.step, track_dist_theta=tk.dist_theta, track_dist_phi=tk.dist_phi,
         rel_dist_phi=rd_phi,
     )  # fmt: skip
-    key.update(
+    return dict(
         rel_dist_phi_end=as_float(rd_phi[-1]),
         flow_rel_dist_end=as_float(flow_rd[-1]),
         flow_sharpness_end=as_float(sol.sharpness[-1]),
@@ -187,7 +210,11 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         tracking_max_dist_theta=as_float(tk.dist_theta.max()),
     )
 
-    # 3. Oscillation at EoS (Section 4.2.3) over the last `window` steps (well after entry).
+
+def _oscillation(c, rec, loss, traj, t_eos, progress) -> dict:
+    """Part 3 (Section 4.2.3, Figure 5c-d): the period-two oscillation over the last steps."""
+    steps = int(c["steps"])
+    # Over the last `window` steps (well after entry).
     start = max(t_eos + 1, steps - int(c["window"]))
     phase(NAME, f"oscillation at EoS: Φ(θ_t) and λ1 at steps {start}..{steps - 1}", progress)
     osc = oscillation(
@@ -197,12 +224,15 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         osc_step=osc.step, osc_h=osc.h, osc_cos=osc.cos, osc_sharpness_phi=osc.sharpness_phi,
         osc_two_over_eff_lr=osc.two_over_eff_lr,
     )  # fmt: skip
-    key.update(
+    return dict(
         h_sign_change_share=osc.sign_change_share,
         median_abs_cos_x_v1=osc.median_cos,
     )
 
-    # 4. Contrast: no weight decay (≈ gradient flow on the sphere), never at EoS.
+
+def _contrast(c, rec, data, loss, w0, rd, t_eos, progress) -> dict:
+    """Part 4 (Section 5's contrast): GD without WD (≈ gradient flow on the sphere), no EoS."""
+    steps, lr, k = int(c["steps"]), float(c["lr"]), int(c["save_w_every"])
     phase(NAME, f"contrast: GD with wd = {c['contrast_wd']:g}, {steps} steps", progress)
     ctr = run_chunked(
         loss, w0, lr, float(c["contrast_wd"]), steps, record_every=k,
@@ -215,9 +245,9 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     c_fit = fit_step(ctr, c["fit_tol"])
     c_eos = eos_onset(ctr, fit_tol=c["fit_tol"]) if c_fit is not None else None
     i_cfit = 0 if c_fit is None else c_fit // k
-    moved_main = rd[i_eos] - rd[-1]
+    moved_main = rd[t_eos // k] - rd[-1]  # the main run's, from EoS entry to the end
     moved_ctr = c_rd[i_cfit] - c_rd[-1]
-    key.update(
+    return dict(
         contrast_fit_step=c_fit,
         contrast_eos_step=c_eos,
         contrast_rel_dist_at_fit=as_float(c_rd[i_cfit]),
@@ -225,21 +255,6 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         contrast_test_loss_end=as_float(c_tl[-1]),
         contrast_movement_fraction=as_float(moved_ctr / moved_main),
     )
-    rec.finish(
-        key,
-        dtype=w0.dtype,
-        description=DESCRIPTION,
-        paper=PAPER,
-        notes=[
-            "rel_dist = ||(w~, b~) - (w_M, b_M)|| / ||(w_M, b_M)||, (w~, b~) from eq. (4)",
-            "rel_dist of theta_t is floored by the O(sqrt(eta_in)) oscillation across Gamma; "
-            "rel_dist_phi uses Phi(theta_t), the projection onto Gamma",
-            "flow starts at Phi(theta at EoS entry); flow time tau = (t - eos_step) * lr * wd",
-            "contrast: same lr, wd = contrast_wd (0: no weight decay, stays stable, ~ gradient flow)",
-            "data: x ~ N(1, I_d), linear teacher; the paper's data scaling is not given",
-        ],
-    )
-    return key
 
 
 def plot(out: Path) -> list[Path]:

@@ -195,80 +195,11 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         "no_wd": (bn_loss, 0.0, c["sharpness_every"], True),
         "no_bn": (nobn_loss, c["wd"], 0, False),
     }
-    test_bn = jax.jit(jax.vmap(lambda w: matrix_completion_test_mse(data, w)))
-    test_plain = jax.jit(jax.vmap(lambda w: plain_test_mse(data, w)))
-    svals = jax.jit(jax.vmap(lambda w: singular_values(data, w)))
-    hess_top = jax.jit(
-        lambda ws: jax.lax.map(lambda w: hessian_top_eigs(nobn_loss, w).eigenvalues[0], ws)
-    )
-
+    evals = _evaluators(data, nobn_loss)
     key_numbers: dict = {}
     for r in RUNS:
-        loss, wd, sharp_every, bn = settings[r]
-        label = f"{NAME} [{r}]"
-        phase(label, f"GD, wd = {wd:g}, {c['steps']} steps (the first chunk compiles)", progress)
-        traj = run_chunked(
-            loss,
-            w0,
-            c["lr"],
-            wd,
-            int(c["steps"]),
-            record_every=int(c["record_every"]),
-            sharpness_every=int(sharp_every),
-            progress=progress,
-            label=label,
-            on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
-            checkpoint=rec.checkpoint(f"{r}_"),
-            check_invariance=bn,
-        )
-        w = jnp.asarray(traj.w)
-        phase(label, f"test MSE and singular values at {len(w)} records", progress)
-        test = np.asarray((test_bn if bn else test_plain)(w))
-        sv = np.asarray(svals(w))
-        erank = np.asarray(jax.vmap(effective_rank)(jnp.asarray(sv)))
-        extra = {f"{r}_test_mse": test, f"{r}_sv": sv, f"{r}_eff_rank": erank}
-        if bn:
-            sharp = np.asarray(traj.sharpness)
-        else:
-            on = np.asarray(traj.step) % c["no_bn_hess_every"] == 0
-            sharp = np.full(len(traj.step), np.nan)
-            phase(label, f"top Hessian eigenvalue at {int(on.sum())} records", progress)
-            sharp[on] = np.asarray(hess_top(w[on]))
-            extra[f"{r}_hess_top"] = sharp
-        rec.update(**extra)
-        nums = _summarize(
-            np.asarray(traj.step), np.asarray(traj.loss), test, sharp, erank, c["fit_tol"]
-        )
-        if bn:
-            try:
-                nums["eos_step"] = eos_onset(traj, fit_tol=c["fit_tol"])
-            except ValueError:
-                nums["eos_step"] = None
-        else:
-            for k in ("sharpness_init", "sharpness_at_fit", "sharpness_end"):
-                nums[k.replace("sharpness", "hess_top")] = nums.pop(k)
-        key_numbers[r] = nums
-
-    b, nw = key_numbers["bn"], key_numbers["no_wd"]
-
-    def _drop_ok(d):
-        return d["test_mse_drop"] is not None and d["test_mse_drop"] >= 10
-
-    def _sharp_falls(d):
-        return None not in (d["sharpness_at_fit"], d["sharpness_end"]) and (
-            d["sharpness_end"] < d["sharpness_at_fit"]
-        )
-
-    claims = {
-        "bn: test MSE falls >= 10x from fit to end": _drop_ok(b),
-        "bn: spherical sharpness falls from fit to end": _sharp_falls(b),
-        "bn: effective rank ends below 5": b["eff_rank_end"] < 5,
-        "no_wd: test MSE does not fall >= 10x": not _drop_ok(nw),
-        "no_wd: sharpness does not fall by more than 1%": not (
-            _sharp_falls(nw) and nw["sharpness_end"] < 0.99 * nw["sharpness_at_fit"]
-        ),
-        "no_wd: effective rank does not end below 5": nw["eff_rank_end"] >= 5,
-    }
+        key_numbers[r] = _train(c, rec, r, settings[r], w0, evals, progress)
+    claims = _claims(key_numbers["bn"], key_numbers["no_wd"])
     notes = [
         "fit step = first recorded step with train loss <= fit_tol",
         "no_bn: spherical sharpness is undefined without normalization; hess_top_* is the plain "
@@ -284,6 +215,89 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         claims=claims,
     )
     return key_numbers
+
+
+def _evaluators(data, nobn_loss) -> dict:
+    """The jitted per-record measurements of Figure 1: test MSE, singular values, plain λ1."""
+    return {
+        "test_bn": jax.jit(jax.vmap(lambda w: matrix_completion_test_mse(data, w))),
+        "test_plain": jax.jit(jax.vmap(lambda w: plain_test_mse(data, w))),
+        "svals": jax.jit(jax.vmap(lambda w: singular_values(data, w))),
+        "hess_top": jax.jit(
+            lambda ws: jax.lax.map(lambda w: hessian_top_eigs(nobn_loss, w).eigenvalues[0], ws)
+        ),
+    }
+
+
+def _train(c, rec, r, setting, w0, evals, progress) -> dict:
+    """One run of Figure 1 (GD+WD, eq. (1), or an ablation) and its test MSE, rank, sharpness."""
+    loss, wd, sharp_every, bn = setting
+    label = f"{NAME} [{r}]"
+    phase(label, f"GD, wd = {wd:g}, {c['steps']} steps (the first chunk compiles)", progress)
+    traj = run_chunked(
+        loss,
+        w0,
+        c["lr"],
+        wd,
+        int(c["steps"]),
+        record_every=int(c["record_every"]),
+        sharpness_every=int(sharp_every),
+        progress=progress,
+        label=label,
+        on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
+        checkpoint=rec.checkpoint(f"{r}_"),
+        check_invariance=bn,
+    )
+    w = jnp.asarray(traj.w)
+    phase(label, f"test MSE and singular values at {len(w)} records", progress)
+    test = np.asarray((evals["test_bn"] if bn else evals["test_plain"])(w))
+    sv = np.asarray(evals["svals"](w))
+    erank = np.asarray(jax.vmap(effective_rank)(jnp.asarray(sv)))
+    extra = {f"{r}_test_mse": test, f"{r}_sv": sv, f"{r}_eff_rank": erank}
+    if bn:
+        sharp = np.asarray(traj.sharpness)
+    else:
+        on = np.asarray(traj.step) % c["no_bn_hess_every"] == 0
+        sharp = np.full(len(traj.step), np.nan)
+        phase(label, f"top Hessian eigenvalue at {int(on.sum())} records", progress)
+        sharp[on] = np.asarray(evals["hess_top"](w[on]))
+        extra[f"{r}_hess_top"] = sharp
+    rec.update(**extra)
+    nums = _summarize(
+        np.asarray(traj.step), np.asarray(traj.loss), test, sharp, erank, c["fit_tol"]
+    )
+    if bn:
+        try:
+            nums["eos_step"] = eos_onset(traj, fit_tol=c["fit_tol"])
+        except ValueError:
+            nums["eos_step"] = None
+    else:
+        for k in ("sharpness_init", "sharpness_at_fit", "sharpness_end"):
+            nums[k.replace("sharpness", "hess_top")] = nums.pop(k)
+    return nums
+
+
+def _claims(b: dict, nw: dict) -> dict:
+    """Figure 1's claims: after the fit, test MSE, sharpness and rank fall with WD, not without."""
+
+    def _drop_ok(d):
+        return d["test_mse_drop"] is not None and d["test_mse_drop"] >= 10
+
+    def _sharp_falls(d):
+        return None not in (d["sharpness_at_fit"], d["sharpness_end"]) and (
+            d["sharpness_end"] < d["sharpness_at_fit"]
+        )
+
+    return {
+        "bn: test MSE falls >= 10x from fit to end": _drop_ok(b),
+        "bn: spherical sharpness falls from fit to end": _sharp_falls(b),
+        "bn: effective rank ends below 5": b["eff_rank_end"] < 5,
+        "no_wd: test MSE does not fall >= 10x": not _drop_ok(nw),
+        "no_wd: sharpness does not fall by more than 1%": not (
+            _sharp_falls(nw) and nw["sharpness_end"] < 0.99 * nw["sharpness_at_fit"]
+        ),
+        "no_wd: effective rank does not end below 5": nw["eff_rank_end"] >= 5,
+    }
 
 
 def plot(out: Path) -> list[Path]:

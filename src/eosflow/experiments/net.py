@@ -45,18 +45,8 @@ import numpy as np
 
 from eosflow.chunks import run_chunked
 from eosflow.data import cifar10_paths, load_cifar10, load_digits
-from eosflow.experiments._common import (
-    COLORS,
-    LABELS,
-    RUNS,
-    as_float,
-    first_index,
-    load_arrays,
-    load_summary,
-    new_figure,
-    phase,
-    save_figure,
-)
+from eosflow.experiments import net_plots
+from eosflow.experiments._common import RUNS, as_float, first_index, phase
 from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
 from eosflow.runio import RunRecorder
 from eosflow.sharpness import hessian_top_eigs
@@ -226,6 +216,35 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     rec.update(y_train=data.y_train, y_test=data.y_test)
     x_tr, x_te = data.x_train.astype(dtype), data.x_test.astype(dtype)
 
+    nets = _build_nets(c, data, x_tr)
+    key_numbers: dict = {"D": int(next(iter(nets.values())).w0.size), "n_train": len(x_tr)}
+    for r in RUNS:
+        if r not in c["runs"]:
+            continue
+        key_numbers[r] = _train(c, rec, r, nets[r != "no_bn"], data, x_tr, x_te, progress)
+    _sharpness_at_bn_eos(key_numbers, rec.arrays)
+    notes = [
+        "fit = first recorded step with 100% training accuracy",
+        "sharpness_end = median of the spherical sharpness over the last 25% of the steps",
+        "sharpness_at_bn_eos = sharpness at the bn run's EoS entry (first record after the fit "
+        "with eff_lr * sharpness >= 2), the same step for both BN runs",
+        "no_bn: spherical sharpness is undefined without normalization; hess_top_* is the plain "
+        "top Hessian eigenvalue lambda_1(grad^2 L(w_t)), on a different scale",
+        "accuracy on any data uses the BN statistics of the training batch",
+    ]
+    rec.finish(
+        key_numbers,
+        dtype=dtype,
+        notes=notes,
+        description=DESCRIPTION,
+        paper=PAPER,
+        claims=_claims(key_numbers),
+    )
+    return key_numbers
+
+
+def _build_nets(c, data, x_tr) -> dict:
+    """Figure 2's losses: ``{True: the scale-invariant net (BN), False: the no-BN ablation}``."""
     nets = {}
     if {"bn", "no_wd"} & set(c["runs"]):
         nets[True] = make_net_loss(
@@ -235,90 +254,90 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         nets[False] = make_net_loss(
             build_model(c, data.num_classes, False), x_tr, data.y_train, seed=c["seed"]
         )
+    return nets
 
-    key_numbers: dict = {"D": int(next(iter(nets.values())).w0.size), "n_train": len(x_tr)}
-    for r in RUNS:
-        if r not in c["runs"]:
-            continue
-        bn = r != "no_bn"
-        net = nets[bn]
-        wd = 0.0 if r == "no_wd" else c["wd"]
-        t0 = time.perf_counter()
-        label = f"{NAME} [{r}]"
-        phase(label, f"GD, wd = {wd:g}, {c['steps']} steps (the first chunk compiles)", progress)
-        traj = run_chunked(
-            net.loss,
-            net.w0,
-            c["lr"],
-            wd,
-            int(c["steps"]),
-            record_every=int(c["record_every"]),
-            sharpness_every=int(c["sharpness_every"]) if bn else 0,
-            progress=progress,
-            label=label,
-            on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
-            checkpoint=rec.checkpoint(f"{r}_"),
-            check_invariance=bn,
+
+def _train(c, rec, r, net, data, x_tr, x_te, progress) -> dict:
+    """One run of Figure 2 (full-batch GD+WD, eq. (1), or an ablation), its accuracies, λ1."""
+    bn = r != "no_bn"
+    wd = 0.0 if r == "no_wd" else c["wd"]
+    t0 = time.perf_counter()
+    label = f"{NAME} [{r}]"
+    phase(label, f"GD, wd = {wd:g}, {c['steps']} steps (the first chunk compiles)", progress)
+    traj = run_chunked(
+        net.loss,
+        net.w0,
+        c["lr"],
+        wd,
+        int(c["steps"]),
+        record_every=int(c["record_every"]),
+        sharpness_every=int(c["sharpness_every"]) if bn else 0,
+        progress=progress,
+        label=label,
+        on_chunk=rec.on_chunk(f"{r}_", _FIELDS),
+        checkpoint=rec.checkpoint(f"{r}_"),
+        check_invariance=bn,
+    )
+    wall = time.perf_counter() - t0
+    w = jnp.asarray(traj.w)
+
+    def evaluate(wi, net=net):
+        return (
+            net.accuracy(wi, x_tr, data.y_train),
+            net.accuracy(wi, x_te, data.y_test),
+            net.eval_loss(wi, x_te, data.y_test),
         )
-        wall = time.perf_counter() - t0
-        w = jnp.asarray(traj.w)
 
-        def evaluate(wi, net=net):
-            return (
-                net.accuracy(wi, x_tr, data.y_train),
-                net.accuracy(wi, x_te, data.y_test),
-                net.eval_loss(wi, x_te, data.y_test),
-            )
-
-        phase(label, f"accuracies and test loss at {len(w)} records", progress)
-        tr_acc, te_acc, te_loss = map(
-            np.asarray, jax.jit(lambda ws, f=evaluate: jax.lax.map(f, ws, batch_size=16))(w)
+    phase(label, f"accuracies and test loss at {len(w)} records", progress)
+    tr_acc, te_acc, te_loss = map(
+        np.asarray, jax.jit(lambda ws, f=evaluate: jax.lax.map(f, ws, batch_size=16))(w)
+    )
+    step = np.asarray(traj.step)
+    extra = {
+        f"{r}_train_acc": tr_acc,
+        f"{r}_test_acc": te_acc,
+        f"{r}_test_loss": te_loss,
+        f"{r}_wall_s": np.asarray(wall),
+    }
+    sharp = np.asarray(traj.sharpness)
+    if not bn:
+        on = step % c["no_bn_hess_every"] == 0
+        hess = np.full(len(step), np.nan)
+        phase(label, f"top Hessian eigenvalue at {int(on.sum())} records", progress)
+        top = jax.jit(
+            lambda ws, f=net.loss: jax.lax.map(lambda v: hessian_top_eigs(f, v).eigenvalues[0], ws)
         )
-        step = np.asarray(traj.step)
-        extra = {
-            f"{r}_train_acc": tr_acc,
-            f"{r}_test_acc": te_acc,
-            f"{r}_test_loss": te_loss,
-            f"{r}_wall_s": np.asarray(wall),
-        }
-        sharp = np.asarray(traj.sharpness)
-        if not bn:
-            on = step % c["no_bn_hess_every"] == 0
-            hess = np.full(len(step), np.nan)
-            phase(label, f"top Hessian eigenvalue at {int(on.sum())} records", progress)
-            top = jax.jit(
-                lambda ws, f=net.loss: jax.lax.map(
-                    lambda v: hessian_top_eigs(f, v).eigenvalues[0], ws
-                )
-            )
-            hess[on] = np.asarray(top(w[on]))
-            extra[f"{r}_hess_top"] = hess
-            sharp = hess
-        rec.update(**extra)
-        nums = _summarize(
-            step, np.asarray(traj.loss), np.asarray(traj.eff_lr), sharp, tr_acc, te_acc
-        )
-        nums["wall_s"] = wall
-        if not bn:
-            for k in list(nums):
-                if k.startswith("sharpness"):
-                    nums[k.replace("sharpness", "hess_top")] = nums.pop(k)
-            nums["eos_step"] = None
-        key_numbers[r] = nums
+        hess[on] = np.asarray(top(w[on]))
+        extra[f"{r}_hess_top"] = hess
+        sharp = hess
+    rec.update(**extra)
+    nums = _summarize(step, np.asarray(traj.loss), np.asarray(traj.eff_lr), sharp, tr_acc, te_acc)
+    nums["wall_s"] = wall
+    if not bn:
+        for k in list(nums):
+            if k.startswith("sharpness"):
+                nums[k.replace("sharpness", "hess_top")] = nums.pop(k)
+        nums["eos_step"] = None
+    return nums
 
+
+def _sharpness_at_bn_eos(key_numbers: dict, arrays: dict) -> None:
+    """Figure 2b at the bn run's EoS entry: each BN run's sharpness there and its ratio to the end."""
     eos = key_numbers.get("bn", {}).get("eos_step")
     for r in ("bn", "no_wd"):
         if r not in key_numbers:
             continue
         nums = key_numbers[r]
-        a = rec.arrays
-        i = None if eos is None else int(np.searchsorted(a[f"{r}_step"], eos))
-        s_eos = None if i is None else as_float(a[f"{r}_sharpness"][i])
+        i = None if eos is None else int(np.searchsorted(arrays[f"{r}_step"], eos))
+        s_eos = None if i is None else as_float(arrays[f"{r}_sharpness"][i])
         nums["sharpness_at_bn_eos"] = s_eos
         nums["sharpness_ratio_bn_eos_to_end"] = (
             None if s_eos is None or not nums["sharpness_end"] else s_eos / nums["sharpness_end"]
         )
 
+
+def _claims(key_numbers: dict) -> dict:
+    """Figure 2's claims: with BN and WD the sharpness falls after the fit; without WD, not."""
     claims = {}
     b, nw = key_numbers.get("bn"), key_numbers.get("no_wd")
     if b is not None:
@@ -338,64 +357,11 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         claims["bn: spherical sharpness falls >= 2x from its EoS entry to end"] = (
             b["sharpness_ratio_bn_eos_to_end"] >= 2
         )
-    notes = [
-        "fit = first recorded step with 100% training accuracy",
-        "sharpness_end = median of the spherical sharpness over the last 25% of the steps",
-        "sharpness_at_bn_eos = sharpness at the bn run's EoS entry (first record after the fit "
-        "with eff_lr * sharpness >= 2), the same step for both BN runs",
-        "no_bn: spherical sharpness is undefined without normalization; hess_top_* is the plain "
-        "top Hessian eigenvalue lambda_1(grad^2 L(w_t)), on a different scale",
-        "accuracy on any data uses the BN statistics of the training batch",
-    ]
-    rec.finish(
-        key_numbers,
-        dtype=dtype,
-        notes=notes,
-        description=DESCRIPTION,
-        paper=PAPER,
-        claims=claims,
-    )
-    return key_numbers
+    return claims
 
 
 def plot(out: Path) -> list[Path]:
     """``figure2.png``: (a) test accuracy, (b) spherical sharpness (no-BN: ``λ1(∇²L(w))``),
-    (c) train loss, (d) ``η̃_t·λ1`` (EoS at 2), (e) train accuracy, (f) ``||w_t||``."""
-    out = Path(out)
-    a = load_arrays(out)
-    summary = load_summary(out)
-    c = summary["config"]
-    runs = [r for r in RUNS if f"{r}_step" in a]
-    fit = summary["key_numbers"].get("bn", {}).get("fit_step")
-    fig, ax = new_figure(2, 3, (14, 7.5))
-    (a_test, a_sharp, a_loss), (a_eos, a_train, a_norm) = ax
-    for r in runs:
-        st, col, lab = a[f"{r}_step"], COLORS[r], LABELS[r]
-        a_test.plot(st, 100 * a[f"{r}_test_acc"], color=col, label=lab)
-        a_train.plot(st, 100 * a[f"{r}_train_acc"], color=col, label=lab)
-        a_loss.semilogy(st, a[f"{r}_loss"], color=col, label=lab)
-        a_norm.semilogy(st, a[f"{r}_norm"], color=col, label=lab)
-        sharp = a[f"{r}_hess_top"] if r == "no_bn" else a[f"{r}_sharpness"]
-        ok = np.isfinite(sharp)
-        slab = lab + (" — λ1(∇²L(w)), not spherical" if r == "no_bn" else "")
-        a_sharp.semilogy(st[ok], sharp[ok], ".-" if r == "no_bn" else "-", color=col, label=slab)
-        if r != "no_bn":
-            a_eos.semilogy(st[ok], (a[f"{r}_eff_lr"] * sharp)[ok], color=col, label=lab)
-    for axis in ax.flat:
-        if fit is not None:
-            axis.axvline(fit, color="gray", ls=":", lw=1)
-        axis.set_xlabel("step")
-        axis.legend(fontsize=7)
-    a_test.set(title="(a) test accuracy", ylabel="%")
-    a_sharp.set(title="(b) spherical sharpness λ1(∇²L(θ_t))", ylabel="λ1")
-    a_loss.set(title="(c) train loss (cross-entropy)", ylabel="loss")
-    a_eos.axhline(2.0, color="k", lw=0.8, ls="--")
-    a_eos.set(title="(d) η̃_t·λ1 (EoS at 2)", ylabel="η̃ λ1")
-    a_train.set(title="(e) train accuracy", ylabel="%")
-    a_norm.set(title="(f) ||w_t||", ylabel="norm")
-    arch = f"MLP{tuple(c['widths'])}" if c["arch"] == "mlp" else f"VGG-11 x{c['vgg_width']}"
-    fig.suptitle(
-        f"Figure 2: {arch} on {c['dataset']} (subset {c['subset']}/class), γ={c['logit_scale']}, "
-        f"lr={c['lr']}, wd={c['wd']}, {c['steps']} steps (dotted: 100% train accuracy)"
-    )
-    return [save_figure(fig, out / "figure2.png")]
+    (c) train loss, (d) ``η̃_t·λ1`` (EoS at 2), (e) train accuracy, (f) ``||w_t||``
+    (:func:`eosflow.experiments.net_plots.plot`)."""
+    return net_plots.plot(out)

@@ -25,20 +25,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from eosflow.chunks import run_chunked
 from eosflow.eos import eos_onset
 from eosflow.experiments._common import (
     as_float,
+    linreg_bn_problem,
     load_arrays,
     load_summary,
     new_figure,
     phase,
     save_figure,
 )
-from eosflow.losses import linear_regression_bn, make_linear_regression_data
 from eosflow.runio import RunRecorder
 from eosflow.trajectory import PER_RECORD
 
@@ -95,10 +94,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         "recorded (the first chunk compiles)",
         progress,
     )
-    kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
-    data = make_linear_regression_data(kd, n=c["n"], d=c["d"])
-    loss = linear_regression_bn(data.X, data.y)
-    w0 = c["init_scale"] * jax.random.normal(kw, (c["d"],)) / np.sqrt(c["d"])
+    _, loss, w0 = linreg_bn_problem(c)
     rec = RunRecorder(out, NAME, c)
     traj = run_chunked(
         loss,

@@ -59,17 +59,14 @@ from matplotlib.colors import LogNorm
 from eosflow.eos import eos_onset
 from eosflow.experiments._common import (
     as_float,
+    linreg_bn_problem,
     load_arrays,
     load_summary,
     new_figure,
     phase,
     save_figure,
 )
-from eosflow.losses import (
-    linear_regression_bn,
-    make_linear_regression_data,
-    relative_distance_to_min_norm,
-)
+from eosflow.losses import relative_distance_to_min_norm
 from eosflow.runio import RunRecorder
 from eosflow.sweeps import sweep, take_config
 
@@ -202,20 +199,47 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         progress,
     )
     out = Path(out)
-    kd, kw = jax.random.split(jax.random.PRNGKey(int(c["seed"])))
-    data = make_linear_regression_data(kd, n=c["n"], d=c["d"])
-    loss = linear_regression_bn(data.X, data.y)
-    w0 = c["init_scale"] * jax.random.normal(kw, (c["d"],))
+    data, loss, w0 = linreg_bn_problem(c, scale_by_sqrt_d=False)
     rec = RunRecorder(out, NAME, c)
+    tr = _sweep(c, rec, loss, w0, progress)
+    res, final_sharp, final_rel = _measure(c, rec, data, tr)
+    key = _key_numbers(c, tr, res)
+    k = int(c["every"])
+    rec.finish(
+        key,
+        dtype=np.asarray(tr.w_final).dtype,
+        description=DESCRIPTION,
+        paper=PAPER,
+        table=_table(tr, res, final_sharp, final_rel),
+        claims=[
+            f"time from fit to EoS = ln(2/(eff_lr_fit * lambda1_fit)) / (2 lr wd) within "
+            f"{c['tolerance']:.0%} wherever EoS is reached after the fit",
+        ],
+        notes=[
+            "fit: first record with loss <= fit_tol; eff_lr and sharpness taken at that record",
+            "EoS: first record at/after the fit with eff_lr * sharpness >= 2 (eosflow.eos_onset)",
+            f"records every {k} steps: measured steps overshoot by < {k}; resolved_err is the "
+            "distance of the predicted step to the window (previous record, EoS record]",
+        ],
+    )
+    return key
+
+
+def _sweep(c, rec, loss, w0, progress):
+    """The (lr, wd) grid of GD+WD runs, eq. (1), all in one sweep, recorded every ``every``."""
     sweep_dir = rec.checkpoint_dir(f"sweep-{_digest(c)}")
     for old in sweep_dir.parent.glob("sweep-*"):  # an interrupted run, other settings: stale
         if old != sweep_dir and old.is_dir():
             shutil.rmtree(old)
     k = int(c["every"])
-    tr = sweep(
+    return sweep(
         loss, w0, c["lrs"], c["wds"], int(c["steps"]), record_every=k, sharpness_every=k,
         record_params=False, chunk=int(c["chunk"]), out_dir=sweep_dir, progress=progress,
     )  # fmt: skip
+
+
+def _measure(c, rec, data, tr):
+    """Section 4.1 and Theorem 5.1 per run: EoS entry vs prediction, final λ1 and distance to (M)."""
     step = np.asarray(tr.step[0])
     arrays = {name: np.asarray(getattr(tr, name)) for name in _RECORDS}
     lr, wd = np.asarray(tr.lr), np.asarray(tr.wd)
@@ -233,11 +257,13 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         final_sharpness=final_sharp, final_rel_dist=final_rel,
         nonfinite_step=np.asarray(tr.nonfinite_step), **res,
     )  # fmt: skip
+    return res, final_sharp, final_rel
 
-    compared = res["status"] == 0
-    err = np.abs(res["rel_err"][compared])
-    resolved = res["resolved_err"][compared]
-    configs = [
+
+def _table(tr, res, final_sharp, final_rel) -> list[dict]:
+    """The summary's table: one row per (lr, wd) with its Section 4.1 comparison and end state."""
+    lr, wd = np.asarray(tr.lr), np.asarray(tr.wd)
+    return [
         {
             "lr": float(lr[b]),
             "wd": float(wd[b]),
@@ -257,8 +283,15 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         }
         for b in range(lr.size)
     ]
-    key = {
-        "configurations": int(lr.size),
+
+
+def _key_numbers(c, tr, res) -> dict:
+    """Section 4.1's claim over the grid: how many runs reach EoS, the prediction's errors."""
+    compared = res["status"] == 0
+    err = np.abs(res["rel_err"][compared])
+    resolved = res["resolved_err"][compared]
+    return {
+        "configurations": int(np.asarray(tr.lr).size),
         "reached_eos": int(np.sum(res["eos_step"] >= 0)),
         "compared": int(compared.sum()),
         "max_abs_rel_err": as_float(err.max()) if err.size else None,
@@ -267,24 +300,6 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         "prediction_within_tolerance": bool(err.size and np.all(resolved <= c["tolerance"])),
         "nonfinite": int(np.sum(np.asarray(tr.nonfinite_step) >= 0)),
     }
-    rec.finish(
-        key,
-        dtype=W.dtype,
-        description=DESCRIPTION,
-        paper=PAPER,
-        table=configs,
-        claims=[
-            f"time from fit to EoS = ln(2/(eff_lr_fit * lambda1_fit)) / (2 lr wd) within "
-            f"{c['tolerance']:.0%} wherever EoS is reached after the fit",
-        ],
-        notes=[
-            "fit: first record with loss <= fit_tol; eff_lr and sharpness taken at that record",
-            "EoS: first record at/after the fit with eff_lr * sharpness >= 2 (eosflow.eos_onset)",
-            f"records every {k} steps: measured steps overshoot by < {k}; resolved_err is the "
-            "distance of the predicted step to the window (previous record, EoS record]",
-        ],
-    )
-    return key
 
 
 def _heatmap(ax, fig, Z, lrs, wds, title, fmt, log=False):

@@ -64,6 +64,9 @@ What we found (seed 0, quick mode, 3000 steps; all numbers in ``summary.json``):
   steps (median fit residual 0.59–0.65), so their measured ``η̃`` is only indicative.
 
 Hyperparameters are ours (the paper gives none for these runs). Everything is float64.
+
+The runs themselves are in :mod:`eosflow.experiments.rmsprop_runs`, the figures in
+:mod:`eosflow.experiments.rmsprop_plots`.
 """
 
 from __future__ import annotations
@@ -74,16 +77,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from eosflow.experiments._common import (
-    as_float,
-    load_arrays,
-    load_summary,
-    new_figure,
-    phase,
-    save_figure,
-)
+from eosflow.experiments import rmsprop_plots
+from eosflow.experiments._common import phase
+from eosflow.experiments.rmsprop_runs import OPTS, run_bn, run_plain
 from eosflow.losses import (
     linear_regression_bn,
     make_linear_regression_data,
@@ -97,11 +94,10 @@ from eosflow.losses.matrix_completion import (
     singular_values,
     split_factors,
 )
-from eosflow.optim import plain_top_eigs, scalar_rmsprop
+from eosflow.optim import plain_top_eigs
 from eosflow.runio import Progress, RunRecorder
 from eosflow.sharpness import dense_top_eigs
 from eosflow.sharpness_path import sharpness_along
-from eosflow.simulation import simulate_optax, simulate_rmsprop
 
 NAME = "rmsprop"
 DESCRIPTION = "scalar RMSprop at EoS on plain losses; Adam(W) / SGD+momentum on the BN losses"
@@ -109,15 +105,6 @@ PAPER = "Section 4.2.3 (Quasi-RMSprop, Appendix B)"
 
 PLAIN = ("lin", "mc")
 BN = ("lin_bn", "mc_bn")
-OPTS = ("adamw", "adam", "momentum_wd", "momentum")
-OPT_LABELS = {
-    "adamw": "AdamW",
-    "adam": "Adam (no WD)",
-    "momentum_wd": "SGD+momentum+WD",
-    "momentum": "SGD+momentum (no WD)",
-}
-OPT_COLORS = {"adamw": "C0", "adam": "C1", "momentum_wd": "C2", "momentum": "C3"}
-_FIELDS = ("step", "loss", "eff_lr", "norm", "grad_norm")
 
 
 def default_config(quick: bool) -> dict:
@@ -249,220 +236,6 @@ def _batched(fn):
     return jax.jit(jax.vmap(fn))
 
 
-def _first(mask) -> int | None:
-    idx = np.flatnonzero(mask)
-    return int(idx[0]) if idx.size else None
-
-
-def _sharp_idx(step, every):
-    return np.flatnonzero(np.asarray(step) % every == 0)
-
-
-# ----------------------------------------------------------------------------- part A
-
-
-def _period_two(dw: np.ndarray, v1: np.ndarray) -> dict:
-    """Sign-flip share of ``⟨Δw_t, v1⟩`` and share of ``⟨Δw_t, Δw_{t−1}⟩ < 0`` over a window."""
-    h = dw @ v1
-    flips = np.sign(h[1:]) * np.sign(h[:-1]) < 0
-    anti = np.sum(dw[1:] * dw[:-1], axis=1) < 0
-    return {
-        "sign_flip_share": float(np.mean(flips)),
-        "antiparallel_share": float(np.mean(anti)),
-        "median_abs_cos_dw_v1": float(
-            np.median(np.abs(h) / np.maximum(np.linalg.norm(dw, axis=1), 1e-300))
-        ),
-    }
-
-
-def _run_plain(name, loss, w0, eta, beta, c, sharp, test_fn, rank_fn, rec):
-    """One scalar-RMSprop run and its period-two window; saves arrays, returns key numbers.
-
-    Linear regression (``D = d + 1``) records every step and takes the window from the run's
-    last steps; matrix completion records every ``record_every`` steps and runs the window as a
-    continuation from the final state (``w_final``, optimizer state). ``v1`` for the window is
-    the top eigenvector at the last sharpness record.
-    """
-    steps, se, W = int(c["steps"]), int(c["sharpness_every"]), int(c["window"])
-    k = 1 if name == "lin" else int(c["record_every"])
-    run = simulate_rmsprop(loss, w0, eta, beta, c["eps"], steps, record_every=k)
-    tr = run.trajectory
-    si = _sharp_idx(tr.step, se)
-    lam, vec = sharp(np.asarray(tr.w)[si])
-    lr_s = np.asarray(tr.eff_lr)[si]
-    prod = lr_s * lam
-    ws = np.asarray(tr.w)
-    test = np.asarray(test_fn(ws))
-    if k == 1:
-        win_w, win_step, win_lr = ws[-(W + 1) :], np.asarray(tr.step)[-(W + 1) :], tr.eff_lr[-W:]
-    else:
-        win = simulate_optax(
-            loss, tr.w_final, scalar_rmsprop(eta, beta, c["eps"]), W + 1, geometry="plain",
-            opt_state=run.opt_state,
-        ).trajectory  # fmt: skip
-        win_w, win_step, win_lr = np.asarray(win.w), np.asarray(win.step) + steps, win.eff_lr[:-1]
-    dw = np.diff(win_w, axis=0)
-    p2 = _period_two(dw, vec[-1])
-    arrays = {
-        f"{name}_step": tr.step,
-        f"{name}_loss": tr.loss,
-        f"{name}_lr": tr.eff_lr,
-        f"{name}_fit_residual": run.fit_residual,
-        f"{name}_norm": tr.norm,
-        f"{name}_test": test,
-        f"{name}_sharp_step": np.asarray(tr.step)[si],
-        f"{name}_sharpness": lam,
-        f"{name}_lr_at_sharp": lr_s,
-        f"{name}_win_step": win_step[1:],
-        f"{name}_win_h": dw @ vec[-1],
-        f"{name}_win_lr": win_lr,
-    }
-    key = _summ(tr.step, tr.loss, test, np.asarray(tr.step)[si], lam, c)
-    i_eos = _first(prod >= c["eos_threshold"])
-    after = prod[i_eos:] if i_eos is not None else prod[:0]
-    key.update(
-        steps=steps,
-        eos_step=None if i_eos is None else int(np.asarray(tr.step)[si][i_eos]),
-        sharpness_at_eos=None if i_eos is None else as_float(lam[i_eos]),
-        sharpness_eos_to_end=None if i_eos is None else as_float(lam[-1] / lam[i_eos]),
-        lr_lambda1_median_after_eos=as_float(np.median(after)) if after.size else None,
-        lr_lambda1_share_within_10pct=(
-            as_float(np.mean(np.abs(after / 2 - 1) <= 0.1)) if after.size else None
-        ),
-        lr_lambda1_end=as_float(prod[-1]),
-        lr_fit_residual_max=as_float(np.max(np.asarray(run.fit_residual))),
-        **{f"window_{kk}": v for kk, v in p2.items()},
-    )
-    if rank_fn is not None:
-        rank = np.asarray(rank_fn(ws))
-        arrays[f"{name}_rank"] = rank
-        key.update(rank_start=as_float(rank[0]), rank_end=as_float(rank[-1]))
-        if i_eos is not None:
-            j = int(np.asarray(tr.step)[si][i_eos]) // k
-            key.update(rank_at_eos=as_float(rank[j]), test_at_eos=as_float(test[j]))
-    if k == 1:  # keep the saved arrays small: every record_every-th step
-        arrays.update({kk: v[:: int(c["record_every"])] for kk, v in arrays.items()
-                       if kk in (f"{name}_{f}" for f in ("step", "loss", "lr", "fit_residual",
-                                                          "norm", "test"))})  # fmt: skip
-    rec.update(**arrays)
-    return key
-
-
-def _summ(step, loss, test, sharp_step, lam, c) -> dict:
-    """Fit step and sharpness / test numbers at the fit and at the end."""
-    step, loss = np.asarray(step), np.asarray(loss)
-    i_fit = _first(loss <= c["fit_tol"])
-    out = {
-        "final_loss": as_float(loss[-1]),
-        "fit_step": None if i_fit is None else int(step[i_fit]),
-        "test_start": as_float(test[0]),
-        "test_end": as_float(test[-1]),
-        "sharpness_start": as_float(lam[0]),
-        "sharpness_end": as_float(lam[-1]),
-    }
-    if i_fit is not None:
-        j = _first(sharp_step >= step[i_fit])
-        out.update(
-            test_at_fit=as_float(test[i_fit]),
-            test_fit_to_end=as_float(test[-1] / test[i_fit]),
-            sharpness_at_fit=None if j is None else as_float(lam[j]),
-            sharpness_fit_to_end=None if j is None else as_float(lam[-1] / lam[j]),
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------- part B
-
-
-def _sgdm(learning_rate, weight_decay, momentum):
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum))
-
-
-def _optimizers(c, prob):
-    """``{name: (optimizer, initial-state maker)}``; the no-WD variants reuse the WD optimizer
-    object with ``weight_decay = 0`` in the injected hyperparameters (no recompilation)."""
-    adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=c["adamw_lr"], weight_decay=c["adamw_wd"]
-    )
-    mom = optax.inject_hyperparams(_sgdm, static_args=("momentum",))(
-        learning_rate=c[f"{prob}_momentum_lr"],
-        weight_decay=c[f"{prob}_momentum_wd"],
-        momentum=c["momentum"],
-    )
-
-    def no_wd(opt):
-        def init(w0):
-            s = opt.init(w0)
-            hp = dict(s.hyperparams)
-            hp["weight_decay"] = jnp.zeros_like(hp["weight_decay"])
-            return s._replace(hyperparams=hp)
-
-        return init
-
-    return {
-        "adamw": (adamw, adamw.init),
-        "adam": (adamw, no_wd(adamw)),
-        "momentum_wd": (mom, mom.init),
-        "momentum": (mom, no_wd(mom)),
-    }
-
-
-def _run_bn(prob, loss, w0, c, sharp, test_fn, rank_fn, rec, progress):
-    steps, se = int(c["steps"]), int(c["sharpness_every"])
-    # Linear regression (D = d) records every step: with record_every = 1 the driver compiles one
-    # copy of the step instead of two; the saved per-step arrays are thinned to record_every.
-    k = 1 if prob == "lin" else int(c["record_every"])
-    keys = {}
-    for opt_name, (opt, init) in _optimizers(c, prob).items():
-        run = simulate_optax(
-            loss, w0, opt, steps, opt_state=init(w0), record_every=k, on_nonfinite="return"
-        )
-        tr = run.trajectory
-        si = _sharp_idx(tr.step, se)
-        lam, _ = sharp(np.asarray(tr.w)[si])
-        ws = np.asarray(tr.w)
-        test = np.asarray(test_fn(ws))
-        p = f"{prob}_bn_{opt_name}_"
-        arrays = {p + f: getattr(tr, f) for f in _FIELDS}
-        arrays.update({
-            p + "fit_residual": run.fit_residual, p + "test": test,
-            p + "sharp_step": np.asarray(tr.step)[si], p + "sharpness": lam,
-        })  # fmt: skip
-        key = _summ(tr.step, tr.loss, test, np.asarray(tr.step)[si], lam, c)
-        eta_lam = np.asarray(tr.eff_lr)[si] * lam
-        key.update(
-            steps=steps,
-            nonfinite_step=int(tr.nonfinite_step),
-            norm_start=as_float(tr.norm[0]),
-            norm_end=as_float(tr.norm[-1]),
-            eff_lr_lambda1_median_last_half=as_float(np.median(eta_lam[len(eta_lam) // 2 :])),
-            fit_residual_median=as_float(np.median(np.asarray(run.fit_residual))),
-        )
-        if opt_name.startswith("momentum"):
-            # heavy ball is stable along v1 iff lr·λ1(∇²L(w)) < 2(1+β); λ1(∇²L(w)) = λ1(θ)/||w||²
-            hb = (
-                c[f"{prob}_momentum_lr"] * lam / np.asarray(tr.norm)[si] ** 2
-                / (2 * (1 + c["momentum"]))
-            )  # fmt: skip
-            arrays[p + "hb_ratio"] = hb
-            key["heavy_ball_ratio_median_last_half"] = as_float(np.median(hb[len(hb) // 2 :]))
-            key["heavy_ball_ratio_max"] = as_float(np.max(hb))
-        if rank_fn is not None:
-            rank = np.asarray(rank_fn(ws))
-            arrays[p + "rank"] = rank
-            key.update(rank_start=as_float(rank[0]), rank_end=as_float(rank[-1]))
-            if key.get("fit_step") is not None:
-                key["rank_at_fit"] = as_float(rank[key["fit_step"] // k])
-        if k == 1:
-            thin = int(c["record_every"])
-            arrays.update({kk: v[::thin] for kk, v in arrays.items()
-                           if kk[len(p):] in (*_FIELDS, "fit_residual", "test", "rank")})  # fmt: skip
-        rec.update(**arrays)
-        keys[opt_name] = key
-        progress()
-    return keys
-
-
 # ----------------------------------------------------------------------------- run / plot
 
 
@@ -477,13 +250,7 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         progress,
     )
     rec = RunRecorder(out, NAME, c)
-    kd, kw, km, kmw = jax.random.split(jax.random.PRNGKey(int(c["seed"])), 4)
-    lin = make_linear_regression_data(kd, n=c["n"], d=c["d"], n_test=c["n_test"])
-    d = lin.X.shape[1]
-    mc = make_matrix_completion_data(km)
-    D_mc = (mc.M.shape[0] + mc.M.shape[1]) * mc.k
-    w_lin = jax.random.normal(kw, (d,)) / np.sqrt(d)
-    w_mc = c["mc_init_scale"] * jax.random.normal(kmw, (D_mc,))
+    lin, mc, w_lin, w_mc = _problems(c)
     bar = Progress(2 + 2 * len(OPTS), NAME, enabled=progress, unit="runs", min_interval=2.0)
     done = [0]
 
@@ -492,34 +259,8 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
         bar.update(done[0])
 
     key: dict = {}
-    # Part A: scalar RMSprop, no normalization.
-    lin_loss = linreg_plain_loss(lin.X, lin.y)
-    key["lin_rmsprop"] = _run_plain(
-        "lin", lin_loss, jnp.concatenate([w_lin, jnp.zeros(1)]), c["lin_eta"], c["lin_beta"], c,
-        _dense_top(lin_loss, False),
-        _batched(lambda p: jnp.mean(jnp.square(lin.X_test @ p[:d] + p[d] - lin.y_test))), None,
-        rec,
-    )  # fmt: skip
-    tick()
-    mc_loss = mc_plain_loss(mc)
-    key["mc_rmsprop"] = _run_plain(
-        "mc", mc_loss, w_mc, c["mc_eta"], c["mc_beta"], c, _lanczos_top(mc_loss, False),
-        _batched(lambda w: _mc_plain_test(mc, w)), _batched(lambda w: _mc_plain_rank(mc, w)), rec,
-    )  # fmt: skip
-    tick()
-    # Part B: the BN losses with optax optimizers.
-    lin_bn = linear_regression_bn(lin.X, lin.y)
-    key["lin_bn"] = _run_bn(
-        "lin", lin_bn, w_lin, c, _dense_top(lin_bn, True),
-        _batched(lambda w: linear_regression_bn_test_loss(lin.X, lin.y, w, lin.X_test, lin.y_test)),
-        None, rec, tick,
-    )  # fmt: skip
-    mc_bn = matrix_completion_bn(mc)
-    key["mc_bn"] = _run_bn(
-        "mc", mc_bn, w_mc, c, _lanczos_top(mc_bn, True),
-        _batched(lambda w: matrix_completion_test_mse(mc, w)),
-        _batched(lambda w: effective_rank(singular_values(mc, w))), rec, tick,
-    )  # fmt: skip
+    key.update(_part_a(c, rec, lin, mc, w_lin, w_mc, tick))
+    key.update(_part_b(c, rec, lin, mc, w_lin, w_mc, tick))
     bar.close()
     rec.finish(
         key,
@@ -542,68 +283,58 @@ def run(config: dict, out: Path, progress: bool = True) -> dict:
     return key
 
 
-def plot(out: Path) -> list[Path]:
-    """``rmsprop_plain.png`` (part A) and ``bn_optimizers.png`` (part B)."""
-    out = Path(out)
-    a = load_arrays(out)
-    s = load_summary(out)
-    kn = s["key_numbers"]
-    paths = []
-    fig, ax = new_figure(2, 4, (15, 6.5))
-    for row, (name, title) in enumerate((("lin", "linear regression"),
-                                         ("mc", "matrix completion")), start=0):  # fmt: skip
-        p_loss, p_prod, p_sharp, p_win = ax[row]
-        p_loss.semilogy(a[f"{name}_step"], np.maximum(a[f"{name}_loss"], 1e-35), lw=0.8,
-                        label="train loss")  # fmt: skip
-        p_loss.semilogy(a[f"{name}_step"], a[f"{name}_test"], lw=0.8, label="test MSE")
-        p_loss.set_title(f"{title} (no BN), scalar RMSprop")
-        p_loss.set_xlabel("step")
-        p_loss.legend(fontsize=8)
-        prod = a[f"{name}_lr_at_sharp"] * a[f"{name}_sharpness"]
-        p_prod.plot(a[f"{name}_sharp_step"], prod, ".-", lw=0.8)
-        p_prod.axhline(2.0, color="k", ls="--", lw=0.8, label="2")
-        eos = kn[f"{name}_rmsprop"].get("eos_step")
-        if eos is not None:
-            p_prod.axvline(eos, color="gray", ls=":", lw=1, label="EoS entry")
-        p_prod.set_title("lr_t · λ1(∇²L(w_t))")
-        p_prod.set_xlabel("step")
-        p_prod.legend(fontsize=8)
-        p_sharp.plot(a[f"{name}_sharp_step"], a[f"{name}_sharpness"], ".-", lw=0.8, label="λ1")
-        p_sharp.set_title("sharpness λ1(∇²L(w_t))")
-        p_sharp.set_xlabel("step")
-        if f"{name}_rank" in a:
-            tw = p_sharp.twinx()
-            tw.plot(a[f"{name}_step"], a[f"{name}_rank"], color="C3", lw=0.8)
-            tw.set_ylabel("effective rank of UVᵀ", color="C3")
-        p_win.bar(a[f"{name}_win_step"], a[f"{name}_win_h"], width=0.8)
-        p_win.axhline(0, color="k", lw=0.5)
-        p_win.set_title("⟨w_t − w_{t−1}, v1⟩, last steps")
-        p_win.set_xlabel("step")
-    fig.suptitle("Part A: scalar RMSprop on losses without normalization")
-    paths.append(save_figure(fig, out / "rmsprop_plain.png"))
+def _problems(c):
+    """The data of both parts: ``(lin, mc, w_lin, w_mc)`` (linear regression, matrix completion)."""
+    kd, kw, km, kmw = jax.random.split(jax.random.PRNGKey(int(c["seed"])), 4)
+    lin = make_linear_regression_data(kd, n=c["n"], d=c["d"], n_test=c["n_test"])
+    d = lin.X.shape[1]
+    mc = make_matrix_completion_data(km)
+    D_mc = (mc.M.shape[0] + mc.M.shape[1]) * mc.k
+    w_lin = jax.random.normal(kw, (d,)) / np.sqrt(d)
+    w_mc = c["mc_init_scale"] * jax.random.normal(kmw, (D_mc,))
+    return lin, mc, w_lin, w_mc
 
-    fig, ax = new_figure(2, 4, (15, 6.5))
-    for row, (prob, title) in enumerate((("lin", "linear regression + BN"),
-                                         ("mc", "matrix completion + BN"))):  # fmt: skip
-        p_loss, p_sharp, p_test, p_eta = ax[row]
-        for opt in OPTS:
-            p = f"{prob}_bn_{opt}_"
-            if p + "step" not in a:
-                continue
-            col, lab = OPT_COLORS[opt], OPT_LABELS[opt]
-            p_loss.semilogy(a[p + "step"], np.maximum(a[p + "loss"], 1e-35), lw=0.7, color=col,
-                            label=lab)  # fmt: skip
-            p_sharp.semilogy(a[p + "sharp_step"], a[p + "sharpness"], ".-", lw=0.8, color=col)
-            p_test.semilogy(a[p + "step"], a[p + "test"], lw=0.8, color=col)
-            p_eta.plot(a[p + "step"], a[p + "eff_lr"], lw=0.5, color=col)
-        p_loss.set_title(f"{title}: train loss")
-        p_loss.legend(fontsize=7)
-        p_sharp.set_title("spherical sharpness λ1(∇²L(θ_t))")
-        p_test.set_title("test loss" + (" (MSE over all entries)" if prob == "mc" else ""))
-        p_eta.set_yscale("symlog", linthresh=1e-3)
-        p_eta.set_title("measured η̃_t (PGD fit; < 0: uphill)")
-        for p_ in ax[row]:
-            p_.set_xlabel("step")
-    fig.suptitle("Part B: optax optimizers on the BN losses (sphere geometry)")
-    paths.append(save_figure(fig, out / "bn_optimizers.png"))
-    return paths
+
+def _part_a(c, rec, lin, mc, w_lin, w_mc, tick) -> dict:
+    """Part A (Section 4.2.3, Quasi-RMSprop): scalar RMSprop on the losses without normalization."""
+    d = lin.X.shape[1]
+    key: dict = {}
+    lin_loss = linreg_plain_loss(lin.X, lin.y)
+    key["lin_rmsprop"] = run_plain(
+        "lin", lin_loss, jnp.concatenate([w_lin, jnp.zeros(1)]), c["lin_eta"], c["lin_beta"], c,
+        _dense_top(lin_loss, False),
+        _batched(lambda p: jnp.mean(jnp.square(lin.X_test @ p[:d] + p[d] - lin.y_test))), None,
+        rec,
+    )  # fmt: skip
+    tick()
+    mc_loss = mc_plain_loss(mc)
+    key["mc_rmsprop"] = run_plain(
+        "mc", mc_loss, w_mc, c["mc_eta"], c["mc_beta"], c, _lanczos_top(mc_loss, False),
+        _batched(lambda w: _mc_plain_test(mc, w)), _batched(lambda w: _mc_plain_rank(mc, w)), rec,
+    )  # fmt: skip
+    tick()
+    return key
+
+
+def _part_b(c, rec, lin, mc, w_lin, w_mc, tick) -> dict:
+    """Part B (Appendix B's comparison): Adam(W) and SGD+momentum on the BN losses."""
+    key: dict = {}
+    lin_bn = linear_regression_bn(lin.X, lin.y)
+    key["lin_bn"] = run_bn(
+        "lin", lin_bn, w_lin, c, _dense_top(lin_bn, True),
+        _batched(lambda w: linear_regression_bn_test_loss(lin.X, lin.y, w, lin.X_test, lin.y_test)),
+        None, rec, tick,
+    )  # fmt: skip
+    mc_bn = matrix_completion_bn(mc)
+    key["mc_bn"] = run_bn(
+        "mc", mc_bn, w_mc, c, _lanczos_top(mc_bn, True),
+        _batched(lambda w: matrix_completion_test_mse(mc, w)),
+        _batched(lambda w: effective_rank(singular_values(mc, w))), rec, tick,
+    )  # fmt: skip
+    return key
+
+
+def plot(out: Path) -> list[Path]:
+    """``rmsprop_plain.png`` (part A) and ``bn_optimizers.png`` (part B)
+    (:func:`eosflow.experiments.rmsprop_plots.plot`)."""
+    return rmsprop_plots.plot(out)

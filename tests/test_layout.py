@@ -39,8 +39,6 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "eosflow"
 MAX_MODULE_LINES = 400
@@ -497,22 +495,12 @@ def test_no_module_named_like_its_export():
     assert not found, "modules named like what they export:\n" + "\n".join(found)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="issue #13: sweep, simulate, runio, ode, optim, experiments.rmsprop",
-)
 def test_module_size():
     """Rule 5a: no module over 400 lines."""
     found, _ = too_long(MODS, SRC)
     assert not found, f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(found)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="issue #13: sweep(), solve(), experiment run()s, ... (10 functions)",
-)
 def test_function_size():
     """Rule 5b: no function over 80 lines."""
     _, found = too_long(MODS, SRC)

@@ -183,7 +183,7 @@ def central_substep(
     L, g = jax.value_and_grad(f)(theta)
     g2 = jnp.vdot(g, g)
     m = min(lanczos_iter, theta.shape[0])
-    eig = lanczos_top_eigs(lambda v: hvp(f, theta, v), state.basis[0], k, num_iter=m)
+    eig = lanczos_top_eigs(lambda v: hvp(f, theta, v), state.basis, k, num_iter=m)
     lam, V = eig.eigenvalues, eig.eigenvectors
     G = _third_derivatives(f, theta, V)  # (k, k, D)
     PG = G - jnp.einsum("ijd,d->ij", G, theta)[..., None] * theta

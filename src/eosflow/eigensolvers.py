@@ -220,6 +220,8 @@ def check_k(D: int, k: int, num_iter: int) -> int:
 
 
 def _lanczos_top_eigs(matvec, v0, k, tol, num_iter, max_restarts) -> EigResult:
+    starts = v0 if v0.ndim == 2 else None  # warm starts, one row per pair (zero rows: none)
+    v0 = v0[0] if v0.ndim == 2 else v0
     D = v0.shape[0]
     m = check_k(D, k, num_iter)
     dtype = v0.dtype
@@ -253,6 +255,9 @@ def _lanczos_top_eigs(matvec, v0, k, tol, num_iter, max_restarts) -> EigResult:
 
     def pair_args(i, lams):  # start vector, key and residual scale of pair i (may be traced)
         rnd = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(2), i), (D,), dtype)
+        if starts is not None:
+            warm = starts[i]
+            rnd = jnp.where(jnp.vdot(warm, warm) > 0, warm, rnd)
         first = i == 0
         key = jnp.where(
             first, jax.random.PRNGKey(1), jax.random.fold_in(jax.random.PRNGKey(1), 10_000 + i)
@@ -299,8 +304,9 @@ def lanczos_top_eigs(
 
     The eigenpairs are found one at a time. For pair ``i`` each cycle runs :func:`lanczos` for
     ``min(num_iter, D − i)`` steps, orthogonal to the ``i`` pairs already found (locked), from the
-    current start vector (``v0`` for ``i = 0``, a fixed random vector for ``i > 0``; then the top
-    Ritz vector) until its residual is ``<= tol·max(|λ_1|, |λ_i|, tiny)``, or ``max_restarts``
+    current start vector (``v0`` for ``i = 0``, a fixed random vector for ``i > 0`` — or, when
+    ``v0`` has shape ``(k, D)``, its row ``i`` unless that row is zero: warm starts for every pair;
+    then the top Ritz vector) until its residual is ``<= tol·max(|λ_1|, |λ_i|, tiny)``, or ``max_restarts``
     cycles. Locking is what finds repeated or tightly clustered eigenvalues (a single Krylov
     sequence sees one direction per eigenspace). Eigenvalue errors are ``O(residual²/gap)``, far
     below ``tol``. Returns an :class:`EigResult` (``num_hvps`` summed over all cycles).
@@ -309,5 +315,7 @@ def lanczos_top_eigs(
     compiled program on every call); call it inside your ``jit``, or use
     :func:`eosflow.sharpness.hessian_top_eigs`, which compiles once per loss.
     """
-    check_k(v0.shape[0], k, num_iter)
+    if v0.ndim == 2 and v0.shape[0] != k:
+        raise ValueError(f"lanczos_top_eigs: v0 of shape (k, D) needs k = {k} rows, got {v0.shape}")
+    check_k(v0.shape[-1], k, num_iter)
     return _lanczos_top_eigs(matvec, v0, k, tol, num_iter, max_restarts)

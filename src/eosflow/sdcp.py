@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -278,6 +279,13 @@ def solve_sdcp(
     if not jnp.issubdtype(b.dtype, jnp.floating):
         b = b.astype(jnp.result_type(float))
     M = operator_matrix(A, k, b.dtype).astype(b.dtype)
+    return _solve(M, b, jnp.asarray(tol, b.dtype), max_iter=max_iter, n_search=n_search)
+
+
+@partial(jax.jit, static_argnames=("max_iter", "n_search"))
+def _solve(M: Array, b: Array, tol: Array, *, max_iter: int, n_search: int) -> SDCPResult:
+    """:func:`solve_sdcp` on the svec matrix ``M``; compiled once per ``k`` and dtype."""
+    k = b.shape[0]
     b = 0.5 * (b + b.T)
     p = k * (k + 1) // 2
     scale = jnp.trace(M) / p
@@ -293,13 +301,5 @@ def solve_sdcp(
         X = psd_projection(Z)
         res = jnp.linalg.norm(Ms @ svec(X) - svec(psd_projection(-Z)) + bv)
     S = smat(M @ svec(X)) + b
-    return SDCPResult(
-        X,
-        S,
-        res,
-        jnp.sum(X * S),
-        jnp.linalg.eigvalsh(S)[0],
-        op_min,
-        it,
-        res <= thresh,
-    )
+    min_eig_S = jnp.linalg.eigvalsh(S)[0]
+    return SDCPResult(X, S, res, jnp.sum(X * S), min_eig_S, op_min, it, res <= thresh)

@@ -19,8 +19,8 @@ import eosflow
 from eosflow.sdcp import operator_matrix, psd_projection, sdcp_diagonal, smat, solve_sdcp, svec
 
 # KKT tolerances on well-conditioned instances (operator condition number <= 20, ‖b‖ ~ 1).
-KKT_TOL = 1e-10
-X_TOL = 1e-9
+KKT_TOL = 1e-11
+X_TOL = 1e-11
 
 
 def _svec_np(X):
@@ -193,7 +193,7 @@ def test_degenerate_cases():
     Xs, Ss = Q @ np.diag([1.0, 0, 0]) @ Q.T, Q @ np.diag([0, 0, 2.0]) @ Q.T
     r = solve_sdcp(M, jnp.asarray(Ss) - smat(M @ svec(jnp.asarray(Xs))))
     _assert_kkt(r)
-    np.testing.assert_allclose(np.asarray(r.X), Xs, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(r.X), Xs, rtol=0, atol=1e-12)
 
 
 def test_operator_forms_and_svec():

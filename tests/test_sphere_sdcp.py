@@ -58,6 +58,23 @@ def test_operator_by_hand():
     got = np.asarray(smat(sd.rate @ svec(jnp.asarray(X))))
     np.testing.assert_allclose(got, RX, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(np.asarray(smat(sd.A @ svec(jnp.asarray(X)))), dt * RX, atol=1e-15)
+    # another edge (η̃λ ≤ edge): the u-parts scale with it, the θ-parts do not
+    e2 = (2 - eta_in) / (1 - eta_in)
+    sd2 = sdcp_operator(
+        jnp.asarray(e[0]),
+        jnp.asarray(grad),
+        jnp.asarray(lam),
+        jnp.asarray(dH),
+        u,
+        eta_in,
+        dt,
+        edge=e2,
+    )
+    np.testing.assert_allclose(np.asarray(sd2.slack), np.diag(e2 * u - lam), rtol=1e-15)
+    du_part = (a * u + c * eta * g2) * np.eye(2)
+    np.testing.assert_allclose(np.asarray(sd2.drift), drift + (e2 - 2) * du_part, rtol=1e-14)
+    RX2 = RX + (e2 - 2) * c * eta * (lam[0] ** 2 * X[0, 0] + lam[1] ** 2 * X[1, 1]) * np.eye(2)
+    np.testing.assert_allclose(np.asarray(smat(sd2.rate @ svec(jnp.asarray(X)))), RX2, rtol=1e-14)
     # the velocity, by hand
     dth, du = central_velocity(
         jnp.asarray(e[0]),

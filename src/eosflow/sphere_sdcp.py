@@ -101,6 +101,8 @@ def sdcp_operator(
     u: Array,
     eta_in: Array,
     dt: Array,
+    *,
+    edge: Array = 2.0,
 ) -> SphereSDCP:
     """``A`` and ``b`` of the central flow's SDCP for the sphere form of GD+WD (module docstring;
     THEORY.md "Beyond the paper"; Cohen et al. 2025, Section 3).
@@ -109,6 +111,12 @@ def sdcp_operator(
       theta: ``(D,)`` unit vector. grad: ``(D,)`` ``∇L(θ)``. eigvals: ``(k,)`` top eigenvalues
         ``λ_i`` of ``∇²L(θ)``. dH: ``(k, k, D)`` from :func:`hessian_derivative_terms`.
       u: ``1/η̃``. eta_in: ``lr·wd``. dt: substep length in steps (``dt > 0``).
+      edge: the constraint is ``η̃ λ_i ≤ edge``, i.e. ``S = edge·u − VᵀHV`` (the ``2`` of the
+        module docstring becomes ``edge``). THEORY.md's is 2. GD+WD's exact linear stability
+        threshold for the direction is ``(2 − η_in)/(1 − η_in) = 2 + η_in + O(η_in²)``: in
+        ``w``-space the oscillation multiplier is ``1 − η_in − lr λ_w`` with ``λ_w = λ/‖w‖²`` and
+        ``lr/‖w‖² = (1 − η_in) η̃`` (Lemma 3.1); on the sphere the same number comes from the
+        normalization ``‖θ − η̃∇L‖ = 1/(1 − η_in)`` at a stationary ``u``.
 
     Returns:
       :class:`SphereSDCP` ``(A, b, slack, drift, rate)``; ``solve_sdcp(A, b).X`` is ``X``
@@ -120,11 +128,11 @@ def sdcp_operator(
     a, c = jnp.square(1.0 - eta_in) - 1.0, jnp.square(1.0 - eta_in)
     PdH = dH - dH @ theta[:, None] * theta  # P_θ dH[i, j]
     eye = jnp.eye(k, dtype=theta.dtype)
-    slack = jnp.diag(2.0 * u - eigvals)
-    drift = 2.0 * (a * u + c * eta * jnp.vdot(grad, grad)) * eye + eta * (PdH @ grad)
+    slack = jnp.diag(edge * u - eigvals)
+    drift = edge * (a * u + c * eta * jnp.vdot(grad, grad)) * eye + eta * (PdH @ grad)
     T = jax.vmap(svec, in_axes=2, out_axes=1)(PdH.reshape(k, k, D))  # (p, D) rows f_ij P dH_ij
     rate = 0.5 * eta * T @ T.T
-    rate = rate + 2.0 * c * eta * jnp.outer(svec(eye), svec(jnp.diag(jnp.square(eigvals))))
+    rate = rate + edge * c * eta * jnp.outer(svec(eye), svec(jnp.diag(jnp.square(eigvals))))
     return SphereSDCP(dt * rate, slack + dt * drift, slack, drift, rate)
 
 

@@ -19,6 +19,7 @@ from eosflow import (
     ode,
     optim,
     schedulers,
+    sdcp,
     sweeps,
 )
 from eosflow.analysis import (
@@ -64,6 +65,7 @@ from eosflow.schedulers import (
     quasi_rmsprop_check,
     scalar_rmsprop_scheduler,
 )
+from eosflow.sdcp import SDCPResult, sdcp_diagonal, solve_sdcp
 from eosflow.sharpness import (
     EigResult,
     Sharpness,
@@ -79,6 +81,12 @@ from eosflow.sharpness import (
 from eosflow.sharpness_path import SharpnessAlong, sharpness_along
 from eosflow.simulation import simulate, simulate_optax, simulate_rmsprop, simulate_sphere
 from eosflow.sphere import SphereState, gd_wd_eff_lr_update, norm_from_eff_lr, sphere_step
+from eosflow.sphere_sdcp import (
+    SphereSDCP,
+    central_velocity,
+    hessian_derivative_terms,
+    sdcp_operator,
+)
 from eosflow.sweeps import SingleDeviceWarning, SweepConfig, load_sweep, sweep, take_config
 from eosflow.sweeps import configurations as sweep_configurations
 from eosflow.trajectory import NonFiniteError, Trajectory
@@ -208,5 +216,13 @@ __all__ = [
     "sweep_configurations",
     "sweeps",
     "take_config",
+    "sdcp",
+    "SDCPResult",
+    "solve_sdcp",
+    "sdcp_diagonal",
+    "SphereSDCP",
+    "sdcp_operator",
+    "central_velocity",
+    "hessian_derivative_terms",
     *_LAZY,
 ]

@@ -135,7 +135,7 @@ def near_minimizer_init(
         raise ValueError(f"near_minimizer_init: need 0 < lr·wd < 1, got {lr * wd!r}")
     ts = jnp.asarray(theta_star)
     ts = ts / jnp.linalg.norm(ts)
-    lam = local_geometry(loss, ts).sharpness if sharpness is None else sharpness
+    lam = _sharpness_on_gamma(loss, ts) if sharpness is None else sharpness
     u = jax.random.normal(key, ts.shape, ts.dtype)
     u = u - jnp.vdot(u, ts) * ts
     u = u / jnp.linalg.norm(u)
@@ -164,6 +164,11 @@ class EntryGeometry(NamedTuple):
     dist_gamma: float
     eff_lr_gap_star: float
     eff_lr_gap_phi: float
+
+
+@partial(jax.jit, static_argnums=0)
+def _sharpness_on_gamma(loss, theta):
+    return local_geometry(loss, theta).sharpness
 
 
 @partial(jax.jit, static_argnums=0)
@@ -222,8 +227,8 @@ def eos_entry_geometry(
     theta = np.asarray(traj.theta)[i]
     ts = np.asarray(theta_star) / np.linalg.norm(np.asarray(theta_star))
     phi = project_points(loss, theta[None, :])[0]
-    lam_star = float(local_geometry(loss, jnp.asarray(ts)).sharpness)
-    lam_phi = float(local_geometry(loss, jnp.asarray(phi)).sharpness)
+    lam_star = float(_sharpness_on_gamma(loss, jnp.asarray(ts)))
+    lam_phi = float(_sharpness_on_gamma(loss, jnp.asarray(phi)))
     eff = float(np.asarray(traj.eff_lr)[i])
     return EntryGeometry(
         t1,

@@ -173,3 +173,18 @@ def test_theorem_4_7_exponent_over_seeds_and_sigma0():
         # Theorem 4.7: O(η_in^{1/4 − o(1)}) for every allowed σ0.
         assert np.all(np.diff(errs) < 0), (key, errs)
         assert fit.exponent >= 0.25, (key, errs, fit)
+
+
+@pytest.mark.slow
+def test_scaling_laws_experiment_quick(tmp_path_factory):
+    # The experiment end to end (the full run gives the table in docs/results.md).
+    from _helpers import quick_run
+
+    out, _, arrays, summary = quick_run(tmp_path_factory, "scaling-laws")
+    assert (out / "scaling_laws.png").exists()
+    kn = summary["key_numbers"]
+    for s in (0, 1):
+        assert abs(kn[f"seed{s}"]["exponent_rms_h"] - 0.5) <= 0.05, kn[f"seed{s}"]
+        assert abs(kn[f"seed{s}"]["exponent_dist_star"] - 0.5) <= 0.02, kn[f"seed{s}"]
+    assert all(v["exponent_theta"] >= 0.25 for v in kn["tracking"].values()), kn["tracking"]
+    np.testing.assert_array_equal(arrays["etas"], [4e-3, 1e-3, 2.5e-4])

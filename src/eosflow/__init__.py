@@ -18,6 +18,7 @@ from eosflow import (
     manifold,
     ode,
     optim,
+    scaling_laws,
     schedulers,
     sdcp,
     sweeps,
@@ -58,6 +59,16 @@ from eosflow.manifold import (
 )
 from eosflow.optim import OptimRun, from_optax, scalar_rmsprop
 from eosflow.precision import Float32Warning, enable_x64, x64_enabled
+from eosflow.scaling_laws import (
+    EntryGeometry,
+    ExponentFit,
+    OscillationAmplitude,
+    eos_entry_geometry,
+    eos_entry_step,
+    fit_exponent,
+    near_minimizer_init,
+    oscillation_amplitude,
+)
 from eosflow.schedulers import (
     EffLRScheduler,
     RMSpropHparams,
@@ -150,6 +161,15 @@ __all__ = [
     "project_to_manifold",
     "eos_onset",
     "fit_step",
+    "scaling_laws",
+    "EntryGeometry",
+    "ExponentFit",
+    "OscillationAmplitude",
+    "eos_entry_geometry",
+    "eos_entry_step",
+    "fit_exponent",
+    "near_minimizer_init",
+    "oscillation_amplitude",
     "GDState",
     "StepInfo",
     "effective_lr",

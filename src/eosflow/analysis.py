@@ -83,6 +83,27 @@ def _project_batch(loss, thetas):
     return jax.vmap(lambda th: project_to_manifold(loss, th).point)(thetas)
 
 
+@partial(jax.jit, static_argnums=0)
+def _top_pair_batch(loss, phis):
+    geom = jax.vmap(lambda p: local_geometry(loss, p))(phis)
+    return geom.sharpness, geom.v1
+
+
+def _top_pairs(loss, phis, batch: int = 256):
+    """``λ1`` and ``v1`` at each row of ``phis`` (NumPy), in padded batches of ``batch`` rows so
+    that one compilation per loss, shape and dtype serves every window length."""
+    lams, vs = [], []
+    for i in range(0, phis.shape[0], batch):
+        part = phis[i : i + batch]
+        pad = batch - part.shape[0]
+        if pad:
+            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+        lam, v1 = _top_pair_batch(loss, jnp.asarray(part))
+        lams.append(np.array(lam)[: batch - pad])
+        vs.append(np.array(v1)[: batch - pad])
+    return np.concatenate(lams), np.concatenate(vs, axis=0)
+
+
 def project_points(
     loss: Callable, thetas, *, batch: int = 256, progress: ProgressFn | None = None
 ) -> np.ndarray:
@@ -198,8 +219,7 @@ def oscillation(
         raise ValueError("oscillation: need at least two recorded steps in the window")
     thetas = jnp.asarray(np.asarray(traj.theta)[sel])
     phis = project_points(loss, thetas, progress=progress)
-    geo = jax.jit(jax.vmap(lambda p: local_geometry(loss, p)[:3]))
-    lam, _, v1 = (np.array(a) for a in geo(jnp.asarray(phis)))
+    lam, v1 = _top_pairs(loss, phis)
     # Continuous sign for v1 along the window.
     for i in range(1, v1.shape[0]):
         if np.dot(v1[i], v1[i - 1]) < 0:

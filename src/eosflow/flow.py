@@ -86,7 +86,9 @@ class FlowSolution(NamedTuple):
         return _hermite(self.tau, self.zeta, self.velocity, jnp.asarray(tau))
 
 
+@jax.jit
 def _hermite(ts, ys, dys, t):
+    # One compiled program per shape of t (eager, each of the ops below compiled on its own).
     scalar = t.ndim == 0
     t = jnp.atleast_1d(t)
     i = jnp.clip(jnp.searchsorted(ts, t, side="right") - 1, 0, ts.shape[0] - 2)

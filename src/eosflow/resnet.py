@@ -44,10 +44,12 @@ everywhere), ``"relu"`` (the paper's ResNet; ``L`` is then piecewise smooth and 
 the Hessian of the active piece) or ``"gelu"``.
 
 **Memory** (``remat=True``): each basic block is wrapped in ``nn.remat`` (``jax.checkpoint``), so
-the backward pass stores only block inputs and recomputes the block's interior: for full-batch
-CIFAR-10 (50,000 images) the activations kept for the gradient shrink by about the number of
-intermediate tensors per block (~6x) at the cost of one more forward pass. Parameter names (and
-so the flat ``w``) are the same with and without it; the values agree to round-off.
+the backward pass keeps only the block inputs and recomputes each block's interior (one more
+forward pass). Parameter names, and so the flat ``w``, are the same with and without it; values
+agree to round-off. Measured (float32, width 1, CIFAR-shaped inputs): the residuals JAX saves for
+the gradient shrink 6.1x (453 MB -> 74 MB at 100 images, ``print_saved_residuals``), but on XLA's CPU
+backend the compiled gradient's peak barely moves: temporary memory at 1,000 images is 3.34 GB
+without and 3.08 GB with remat (the forward pass alone: 0.21 GB). Not measured on a GPU.
 
 **Ablation** (``bn=False``): convolutions and head with biases, no normalization (option B's
 projection is a plain 1x1 conv with bias). Not scale-invariant.
@@ -123,6 +125,8 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, stats: Sequence[BNStats] | None = None):
         act = _resnet_activation(self.activation)
+        if self.shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
         norm = _Sites(stats)
         bias = not self.bn
         h = nn.Conv(self.features, (3, 3), self.stride, _PAD, use_bias=bias, name="conv1")(x)

@@ -1,12 +1,14 @@
-"""Scale-invariant nets: invariance (joint and per layer), gradient orthogonality, the no-BN
-ablation failing the check, Lanczos vs dense Hessian, train-statistics prediction against a numpy
-reference, and training to 100% train accuracy with ``eosflow.simulate``."""
+"""Scale-invariant nets: invariance (joint and per layer; VGG-11 per kernel with gradients),
+gradient orthogonality, the no-BN ablations (VGG-11's too) failing the check, Lanczos vs dense
+Hessian, train-statistics prediction against a numpy reference, and training to 100% train
+accuracy with ``eosflow.simulate``."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import group_masks, invariance_measurements
 from jax.flatten_util import ravel_pytree
 
 import eosflow
@@ -70,7 +72,29 @@ def test_invariant_per_layer(digits):
         chex.assert_trees_all_close(net.loss(w), base, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("model", [MLP(widths=(16, 16), bn=False), VGG(config=(4, "M"), bn=False)])
+def test_vgg11_invariant_per_layer_group(digits):
+    """VGG-11 (width 1/32): each of its 9 kernels is a scale-invariant group: ``L`` unchanged to
+    1e-10 relative when one kernel is scaled (by 0.2 or 7), when all are scaled by different
+    factors at once, and jointly; ``∇L ⟂ w`` jointly and per group (cosines <= 1e-10)."""
+    net = make_net_loss(VGG(config=vgg_config(VGG11, 1 / 32)), digits.x_train, digits.y_train)
+    names, masks = group_masks(net.unravel(net.w0))
+    assert len(names) == 9 and all(n.endswith("['kernel']") for n in names)
+    r = invariance_measurements(net.loss, net.w0, masks)
+    assert max(r["joint"].max(), r["group"].max(), r["mixed"].max()) <= 1e-10, r
+    assert r["cos_joint"] <= 1e-10
+    assert r["cos_group"].max() <= 1e-10, dict(zip(names, r["cos_group"], strict=True))
+    assert r["grad_scaling"].max() <= 1e-10, r["grad_scaling"]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        MLP(widths=(16, 16), bn=False),
+        VGG(config=(4, "M"), bn=False),
+        VGG(config=vgg_config(VGG11, 1 / 32), bn=False),
+    ],
+    ids=["mlp", "vgg-1-layer", "vgg11-width1/32"],
+)
 def test_no_bn_ablation_is_not_invariant(digits, model):
     net = make_net_loss(model, digits.x_train, digits.y_train)
     params = net.unravel(net.w0)
@@ -95,6 +119,20 @@ def test_lanczos_matches_dense_hessian():
     assert abs(float(r.eigenvectors[0] @ v_dense[0])) > 1 - 1e-6
     # scale identity of an invariant loss: ∇²L(cθ) = ∇²L(θ)/c² (same compiled function)
     np.testing.assert_allclose(top(5.0 * theta).eigenvalues, lam_dense / 25.0, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_lanczos_matches_dense_hessian_vgg11():
+    """VGG-11 at width 1/64 (channels 1-8, D = 2339), 30 images: spherical sharpness by Lanczos
+    against ``eigh`` of the dense ``jax.hessian`` to 1e-9 relative (~40 s of CPU, mostly XLA
+    compilation, hence slow)."""
+    d = load_digits(seed=0, subset=3)
+    net = make_net_loss(VGG(config=vgg_config(VGG11, 1 / 64)), d.x_train, d.y_train, seed=2)
+    assert net.w0.shape == (2339,)
+    lam, v = eosflow.dense_top_eigs(net.loss, net.w0 / jnp.linalg.norm(net.w0), k=2)
+    s = eosflow.spherical_sharpness(net.loss, 5.0 * net.w0)
+    np.testing.assert_allclose(s.value, lam[0], rtol=1e-9)
+    assert abs(float(s.vector @ v[0])) > 1 - 1e-8
 
 
 def _numpy_mlp(params, x_train, x):

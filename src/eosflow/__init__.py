@@ -107,11 +107,13 @@ from eosflow.version import __version__ as __version__
 # Loaded on first access (PEP 562): flax and scikit-learn are imported only by those who use them.
 _LAZY = {
     "nets": ("eosflow.nets", None),
+    "resnet": ("eosflow.resnet", None),
     "data": ("eosflow.data", None),
     "runio": ("eosflow.runio", None),
     "MLP": ("eosflow.nets", "MLP"),
     "VGG": ("eosflow.nets", "VGG"),
     "VGG11": ("eosflow.nets", "VGG11"),
+    "ResNet20": ("eosflow.resnet", "ResNet20"),
     "NetLoss": ("eosflow.nets", "NetLoss"),
     "make_net_loss": ("eosflow.nets", "make_net_loss"),
     "Dataset": ("eosflow.data", "Dataset"),

@@ -270,8 +270,12 @@ def test_two_processes_equal_one_process():
         port = str(s.getsockname()[1])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", TWO_PROCESSES, str(i), port], env=_env(JAX_NUM_CPU_DEVICES="2"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE,
+            [sys.executable, "-c", TWO_PROCESSES, str(i), port],
+            env=_env(JAX_NUM_CPU_DEVICES="2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=HERE,
         )  # fmt: skip
         for i in (0, 1)
     ]

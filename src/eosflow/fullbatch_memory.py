@@ -25,7 +25,7 @@ from eosflow.batch_sharding import BATCH_AXIS, batch_mesh, check_batch
 from eosflow.eigensolvers import hvp
 from eosflow.fullbatch import fullbatch_loss, fullbatch_step, make_fullbatch
 
-__all__ = ["StepMemory", "step_memory", "compile_step", "residual_bytes"]
+__all__ = ["StepMemory", "step_memory", "compile_step", "compiled_memory", "residual_bytes"]
 
 
 class StepMemory(NamedTuple):
@@ -108,12 +108,17 @@ def step_memory(model, n: int, input_shape, *, devices=None, dtype=np.float32, r
     compiled, net, w0 = compile_step(
         model, n, input_shape, devices=devices, dtype=dtype, remat=remat, hvp_only=hvp_only
     )
+    ndev = len(jax.devices() if devices is None else list(devices))
+    return compiled_memory(compiled, net, w0, n, input_shape, ndev, dtype)
+
+
+def compiled_memory(compiled, net, w0, n: int, input_shape, ndev: int, dtype=np.float32):
+    """:class:`StepMemory` of a program from :func:`compile_step` (``ndev`` devices)."""
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)
-    ndev = len(jax.devices() if devices is None else list(devices))
     res = residual_bytes(net, w0, n // ndev, input_shape, dtype)
     return StepMemory(ndev, n, int(w0.shape[0]), arg, out, temp, alias, arg + out + temp - alias,
                       res, float(cost.get("flops", np.nan)))  # fmt: skip

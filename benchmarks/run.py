@@ -8,7 +8,8 @@ Sections: ``core`` (issue 2: simulate vs per-step loop, value_and_grad, FLOP flo
 dense vs gathered matrix completion; no recompilation), ``sharpness`` (Lanczos vs power
 iteration HVPs to 1e-8; sharpness cost vs one gradient), ``flow`` (issue 3: generic vs residual
 path, fixed RK4 vs adaptive DOPRI5), ``sweep`` (issue 6: ``eosflow.sweep`` vs sequential
-``simulate``). JAX picks the device (CPU or GPU, reported); float64 is turned on for the whole run
+``simulate``), ``fullbatch`` (issue 15: one full-batch GD+WD step of VGG-11 on CIFAR-shaped
+images, time, memory, MFU). JAX picks the device (CPU or GPU, reported); float64 is turned on for the whole run
 (float32 rows use float32 arrays). Each section's tables replace only that section's generated
 block (keyed by section and platform) in ``--out``, so the hand-written text in
 ``docs/benchmarks.md`` and results from other devices are kept. Needs no network.
@@ -37,7 +38,7 @@ import jax
 
 HERE = Path(__file__).resolve().parent
 
-SECTIONS = ("core", "sharpness", "flow", "sweep")
+SECTIONS = ("core", "sharpness", "flow", "sweep", "fullbatch")
 
 
 def _module(name: str):

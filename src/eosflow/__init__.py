@@ -30,6 +30,7 @@ from eosflow.analysis import (
     oscillation,
     tracking,
 )
+from eosflow.batch_sharding import batch_mesh, shard_batch
 from eosflow.devices import cpu_cores, use_cpu_devices
 from eosflow.driver import RunState
 from eosflow.dynamics import Dynamics, SphereHparams, gd_wd, sphere_dynamics
@@ -121,6 +122,19 @@ _LAZY = {
     "load_cifar10": ("eosflow.data", "load_cifar10"),
     "run_chunked": ("eosflow.chunks", "run_chunked"),
     "RunRecorder": ("eosflow.runio", "RunRecorder"),
+    "fullbatch": ("eosflow.fullbatch", None),
+    "fullbatch_memory": ("eosflow.fullbatch_memory", None),
+    "FullBatchNet": ("eosflow.fullbatch", "FullBatchNet"),
+    "FullBatchRecords": ("eosflow.fullbatch", "FullBatchRecords"),
+    "make_fullbatch": ("eosflow.fullbatch", "make_fullbatch"),
+    "fullbatch_loss": ("eosflow.fullbatch", "fullbatch_loss"),
+    "fullbatch_accuracy": ("eosflow.fullbatch", "fullbatch_accuracy"),
+    "fullbatch_step": ("eosflow.fullbatch", "fullbatch_step"),
+    "fullbatch_run": ("eosflow.fullbatch", "fullbatch_run"),
+    "fullbatch_start": ("eosflow.fullbatch", "fullbatch_start"),
+    "layer_norms": ("eosflow.fullbatch", "layer_norms"),
+    "StepMemory": ("eosflow.fullbatch_memory", "StepMemory"),
+    "step_memory": ("eosflow.fullbatch_memory", "step_memory"),
 }
 
 
@@ -140,6 +154,8 @@ def __dir__():
 
 __all__ = [
     "analysis",
+    "batch_mesh",
+    "shard_batch",
     "flow",
     "losses",
     "manifold",

@@ -98,6 +98,7 @@ _LAZY = {
     "Dataset": ("eosflow.data", "Dataset"),
     "load_digits": ("eosflow.data", "load_digits"),
     "load_cifar10": ("eosflow.data", "load_cifar10"),
+    "load_mnist1d": ("eosflow.data", "load_mnist1d"),
     "run_chunked": ("eosflow.chunks", "run_chunked"),
     "RunRecorder": ("eosflow.runio", "RunRecorder"),
 }

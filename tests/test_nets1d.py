@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 import eosflow
 from eosflow.data import load_mnist1d
 from eosflow.nets import make_net_loss
-from eosflow.nets1d import CNN1D
+from eosflow.nets1d import CNN1D, Conv1D
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,22 @@ def test_cnn1d_forward_matches_numpy(seqs, stride):
     logp = ref_tr - np.log(np.exp(ref_tr).sum(1, keepdims=True))
     ce = -logp[np.arange(len(logp)), seqs.y_train].mean()
     np.testing.assert_allclose(float(net.loss(net.w0)), ce, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k, stride, length", [(5, 2, 40), (3, 1, 9), (4, 3, 11), (1, 2, 7)])
+def test_conv1d_matches_flax_conv(k, stride, length):
+    """The im2col convolution against ``flax.linen.Conv`` (XLA's convolution) and numpy."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(k + stride)
+    x = rng.standard_normal((3, length, 2))
+    params = {"kernel": rng.standard_normal((k, 2, 4)), "bias": rng.standard_normal(4)}
+    ours = Conv1D(4, k, stride).apply({"params": params}, x)
+    ref = nn.Conv(4, (k,), strides=(stride,), padding="SAME").apply({"params": params}, x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ours, _conv_same(x, params["kernel"], stride) + params["bias"], rtol=1e-12, atol=1e-12
+    )
 
 
 def test_cnn1d_lanczos_matches_dense_hessian(seqs):

@@ -29,18 +29,52 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from eosflow.nets import ACTIVATIONS, BNStats, batch_normalize
 
 Array = jax.Array
 
-__all__ = ["CNN1D"]
+__all__ = ["CNN1D", "Conv1D"]
+
+
+class Conv1D(nn.Module):
+    """1-D convolution (cross-correlation) with ``SAME`` padding as one matrix product (im2col).
+
+    Equal to ``flax.linen.Conv(features, (kernel_size,), strides=(stride,), padding="SAME")`` —
+    same parameters (``kernel`` of shape ``(kernel_size, C_in, features)``, optional ``bias``), same
+    padding (XLA's: ``pad = max((L_out − 1)·stride + kernel_size − L, 0)`` with ``L_out =
+    ceil(L/stride)``, the odd element at the end) — but built from ``kernel_size`` strided slices and
+    one ``einsum``, which XLA on a CPU runs as a matrix product. XLA's CPU convolution is very slow
+    in float64: one GD step of :class:`CNN1D` (32 channels) on 4000 sequences took 14.5 s with
+    ``nn.Conv`` and 2.1 s with this (float32 ``nn.Conv``: 0.54 s; measured on a loaded 2-core CPU).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, h: Array) -> Array:
+        n, length, c = h.shape
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, c, self.features))
+        out = -(-length // s)
+        pad = max((out - 1) * s + k - length, 0)
+        hp = jnp.pad(h, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)))
+        cols = jnp.stack([hp[:, j : j + s * (out - 1) + 1 : s, :] for j in range(k)], axis=2)
+        y = jnp.einsum("nlkc,kcf->nlf", cols, kernel.astype(h.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(h.dtype)
+        return y
 
 
 class CNN1D(nn.Module):
     """1-D CNN on ``(N, L, C)`` sequences, scale-invariant with ``bn=True`` (module docstring).
 
-    For each entry ``n`` of ``channels``: ``Conv1D(n, kernel_size, stride, SAME, no bias) → BN (per
+    For each entry ``n`` of ``channels``: :class:`Conv1D` ``(n, kernel_size, stride, SAME, no
+    bias) → BN (per
     channel over N and L) → act``; then flatten and the head ``Dense(K, no bias) → BN →
     ·logit_scale``. With ``bn=False``: convs and head with biases, no BN.
 
@@ -94,14 +128,9 @@ class CNN1D(nn.Module):
             return h
 
         h = x
-        for n in self.channels:
-            h = nn.Conv(
-                int(n),
-                (self.kernel_size,),
-                strides=(self.stride,),
-                padding="SAME",
-                use_bias=not self.bn,
-            )(h)
+        for i, n in enumerate(self.channels):
+            conv = Conv1D(int(n), self.kernel_size, self.stride, not self.bn, name=f"Conv_{i}")
+            h = conv(h)
             h = act(norm(h) if self.bn else h)
         h = h.reshape(h.shape[0], -1)
         z = nn.Dense(self.num_classes, use_bias=not self.bn)(h)

@@ -100,6 +100,7 @@ _LAZY = {
     "load_cifar10": ("eosflow.data", "load_cifar10"),
     "load_mnist1d": ("eosflow.data", "load_mnist1d"),
     "CNN1D": ("eosflow.nets1d", "CNN1D"),
+    "Conv1D": ("eosflow.nets1d", "Conv1D"),
     "nets1d": ("eosflow.nets1d", None),
     "run_chunked": ("eosflow.chunks", "run_chunked"),
     "RunRecorder": ("eosflow.runio", "RunRecorder"),

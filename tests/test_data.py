@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from eosflow.data import CIFAR10_FILES, Dataset, first_per_class, load_cifar10, load_digits
+from eosflow.data import (
+    CIFAR10_FILES,
+    MNIST1D_SEED,
+    Dataset,
+    first_per_class,
+    load_cifar10,
+    load_digits,
+    load_mnist1d,
+)
 
 
 def _raw_rows(x, y, mu, sd):
@@ -157,3 +165,59 @@ def test_cifar10_rejects_malformed(cifar_dir, corrupt, match):
     with pytest.raises(ValueError, match=match) as e:
         load_cifar10(cifar_dir)
     assert "test_batch" in str(e.value)
+
+
+# --- MNIST-1D -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist1d_ref():
+    """The package's own generator at its default arguments (the independent reference)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    return make_dataset(get_dataset_args())
+
+
+@pytest.fixture(scope="module")
+def mnist1d():
+    return load_mnist1d()
+
+
+def test_mnist1d_shapes_and_balance(mnist1d):
+    d = mnist1d
+    assert isinstance(d, Dataset) and d.name == "mnist1d" and d.num_classes == 10
+    assert d.x_train.shape == (4000, 40, 1) and d.x_test.shape == (1000, 40, 1)
+    assert d.x_train.dtype == np.float64 and d.y_train.dtype == np.int32
+    # 500 per digit in all, shuffled before the 80/20 split: balanced only roughly
+    np.testing.assert_array_equal(np.bincount(d.y_train) + np.bincount(d.y_test), np.full(10, 500))
+    assert np.bincount(d.y_train).min() >= 380 and np.bincount(d.y_test).min() >= 80
+    np.testing.assert_allclose(d.x_train.mean(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(d.x_train.std(), 1.0, rtol=1e-12)
+
+
+def test_mnist1d_matches_the_package_and_is_deterministic(mnist1d, mnist1d_ref):
+    d, ref = mnist1d, mnist1d_ref
+    assert MNIST1D_SEED == 42
+    np.testing.assert_array_equal(d.y_train, ref["y"])
+    np.testing.assert_array_equal(d.y_test, ref["y_test"])
+    mu, sd = ref["x"].mean(), ref["x"].std()  # our standardization, recomputed in numpy
+    np.testing.assert_allclose(d.x_train[..., 0], (ref["x"] - mu) / sd, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(d.x_test[..., 0], (ref["x_test"] - mu) / sd, rtol=1e-12, atol=1e-12)
+    # same arrays again, and the global numpy state the generator seeds is left as it was
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    again = load_mnist1d()
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    for a, b in zip(d[:4], again[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mnist1d_subset_and_seed(mnist1d):
+    s = load_mnist1d(subset=30, test_subset=5, dtype=np.float32)
+    assert s.x_train.shape == (300, 40, 1) and s.x_train.dtype == np.float32
+    np.testing.assert_array_equal(np.bincount(s.y_test), np.full(10, 5))
+    np.testing.assert_array_equal(s.y_train, mnist1d.y_train[first_per_class(mnist1d.y_train, 30)])
+    other = load_mnist1d(seed=7, subset=2, test_subset=1)
+    assert other.x_train.shape == (20, 40, 1)
+    with pytest.raises(ValueError, match="seed"):
+        load_mnist1d(seed=-1)

@@ -74,12 +74,63 @@ def test_net_rejects_bad_settings_on_the_command_line(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+MNIST1D_SMALL = [
+    "--steps",
+    "400",
+    "--set",
+    "dataset=mnist1d",
+    "--set",
+    "arch=cnn1d",
+    "--set",
+    "cnn_channels=[8, 8]",
+    "--set",
+    "subset=8",
+    "--set",
+    "test_subset=10",
+    "--set",
+    "no_bn_hess_every=200",
+]
+
+
+def test_net_mnist1d_cnn1d_end_to_end(tmp_path_factory):
+    """MNIST-1D with the 1-D CNN through the command line (80 train / 100 test sequences, 400
+    steps): files, figure, and key numbers recomputed from the saved arrays."""
+    from eosflow.experiments.net_plots import zoom_range
+
+    out, _, a, summary = quick_run(tmp_path_factory, "net", "--no-progress", *MNIST1D_SMALL)
+    c, k = summary["config"], summary["key_numbers"]
+    assert c["dataset"] == "mnist1d" and c["arch"] == "cnn1d" and (out / "figure2.png").exists()
+    assert k["n_train"] == 80 and len(a["y_test"]) == 100
+    assert np.array_equal(np.bincount(a["y_train"]), np.full(10, 8))
+    # D of CNN1D((8, 8), k5, s2) on length 40 (40 → 20 → 10), no biases: 5·8 + 5·8·8 + 80·10
+    assert k["D"] == 40 + 320 + 800
+    for r in ("bn", "no_wd", "no_bn"):
+        assert a[f"{r}_step"].shape == (20,) and np.all(np.isfinite(a[f"{r}_loss"]))
+        acc = a[f"{r}_train_acc"]
+        fit = np.flatnonzero(acc >= 1.0)
+        assert k[r]["fit_step"] == (int(a[f"{r}_step"][fit[0]]) if fit.size else None)
+        assert k[r]["test_acc_end"] == pytest.approx(float(a[f"{r}_test_acc"][-1]))
+    assert a["bn_norm"][-1] < a["bn_norm"][0]  # WD shrinks ||w|| (eq. (1))
+    assert np.all(np.diff(a["no_wd_norm"]) >= -1e-12)  # without WD it cannot shrink (∇L ⊥ w)
+    assert np.isfinite(a["bn_sharpness"]).sum() == 4 and np.isfinite(a["no_bn_hess_top"]).sum() == 2
+    # the zoomed accuracy axis covers every test accuracy from the start step on, and no more
+    st, acc = a["bn_step"], 100 * a["bn_test_acc"]
+    lo, hi = zoom_range([(st, acc)], 200)
+    assert lo < acc[st >= 200].min() and hi > acc[st >= 200].max()
+    assert hi - lo <= max(1.16 * np.ptp(acc[st >= 200]), np.ptp(acc[st >= 200]) + 1.0) + 1e-9
+
+
 @pytest.mark.parametrize(
     "change, match",
     [
         ({"dataset": "cifar10", "data_dir": "/nonexistent/cifar"}, "not a directory"),
         ({"dataset": "mnist"}, "dataset"),
         ({"arch": "resnet"}, "arch"),
+        ({"dataset": "mnist1d", "arch": "vgg11"}, "vgg11 needs images"),
+        ({"arch": "cnn1d"}, "cnn1d needs 1-D sequences"),
+        ({"dataset": "mnist1d", "arch": "cnn1d", "cnn_channels": [8, 0]}, "cnn_channels"),
+        ({"cnn_channels": []}, "cnn_channels"),
+        ({"cnn_stride": 0}, "cnn_stride"),
         ({"widths": [16, 0]}, "widths"),
         ({"runs": ["bn", "sgd"]}, "runs"),
         ({"runs": []}, "runs"),

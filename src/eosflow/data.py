@@ -1,14 +1,17 @@
-"""Datasets for the network experiments (Figure 2): scikit-learn digits and CIFAR-10.
+"""Datasets for the network experiments (Figure 2): scikit-learn digits, MNIST-1D and CIFAR-10.
 
 * :func:`load_digits` — the 8x8 handwritten digits that ship with scikit-learn (1797 images,
   10 classes, no download): the built-in default, small enough for full-batch GD on a CPU.
+* :func:`load_mnist1d` — MNIST-1D (Greydanus 2020): 5000 sequences of length 40 generated locally
+  from the ``mnist1d`` package's ten templates (nothing downloaded), 4000 train / 1000 test: a
+  real dataset on which full-batch GD with a 1-D CNN finishes on a CPU.
 * :func:`load_cifar10` — CIFAR-10 (the paper's Figure 2 dataset) from the standard
   "CIFAR-10 python version" archive in a directory the user names.
 
-Both return a :class:`Dataset` of NHWC images: pixels are scaled to ``[0, 1]`` and then
-standardized per channel with the mean and std of the (possibly subset) *training* images, the
-same affine map applied to the test images. ``subset=N`` keeps the first ``N`` examples of each
-class (in the split's order) for CPU runs.
+All return a :class:`Dataset` with channels last (NHWC images, NLC sequences): values are scaled
+(pixels to ``[0, 1]``) and then standardized per channel with the mean and std of the (possibly
+subset) *training* examples, the same affine map applied to the test examples. ``subset=N`` keeps
+the first ``N`` examples of each class (in the split's order) for CPU runs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 __all__ = [
     "Dataset",
     "load_digits",
+    "load_mnist1d",
+    "MNIST1D_SEED",
     "load_cifar10",
     "first_per_class",
     "CIFAR10_FILES",
@@ -56,11 +61,11 @@ class Dataset(NamedTuple):
     """A classification dataset.
 
     Attributes:
-      x_train, x_test: ``(N, H, W, C)`` float arrays (standardized per channel with training
-        statistics).
+      x_train, x_test: ``(N, H, W, C)`` images or ``(N, L, C)`` sequences, float (standardized
+        per channel with training statistics).
       y_train, y_test: ``(N,)`` int32 labels in ``[0, num_classes)``.
       num_classes: number of classes ``K``.
-      name: a short label, e.g. ``"digits"`` or ``"cifar10"``.
+      name: a short label: ``"digits"``, ``"mnist1d"`` or ``"cifar10"``.
     """
 
     x_train: np.ndarray
@@ -143,6 +148,57 @@ def load_digits(
     n_test = int(round(test_fraction * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
     return _finish(x[tr], y[tr], x[te], y[te], 16.0, subset, test_subset, "digits", dtype)
+
+
+#: The ``mnist1d`` package's default generation seed (``get_dataset_args().seed``).
+MNIST1D_SEED = 42
+
+
+def load_mnist1d(
+    *,
+    seed: int = MNIST1D_SEED,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    dtype=np.float64,
+) -> Dataset:
+    """MNIST-1D (Greydanus 2020) generated locally by ``mnist1d.data.make_dataset``.
+
+    The package's default arguments (``get_dataset_args()``: 5000 examples, 500 per digit,
+    templates padded, sheared, scaled, translated, with correlated and i.i.d. noise, downsampled
+    to length 40, ``train_split=0.8``), generation seed ``seed`` (the package default
+    :data:`MNIST1D_SEED` = 42): the first 4000 shuffled examples are the training set, the last
+    1000 the test set, so the classes are balanced only approximately (394 to 411 and 89 to 106
+    per class at seed 42). Nothing is downloaded: the package's
+    ``get_dataset`` (which fetches a pickle from GitHub) is never called. The generator seeds
+    numpy's and ``random``'s *global* state; both are restored afterwards.
+
+    The package centres and scales the whole set; here, as for the other datasets, the sequences
+    are then standardized with the mean and std of the (possibly subset) training set.
+
+    Args:
+      seed: generation seed (the same seed gives the same arrays).
+      subset, test_subset: keep the first ``N`` examples of each class (None: all).
+      dtype: float dtype of the sequences.
+
+    Returns:
+      a :class:`Dataset` with ``x`` of shape ``(N, 40, 1)`` (one channel), ``name="mnist1d"``.
+    """
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"load_mnist1d: seed must be a non-negative integer, got {seed!r}")
+    args = get_dataset_args()
+    args.seed = int(seed)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x_tr, x_te = d["x"][..., None], d["x_test"][..., None]
+    return _finish(x_tr, d["y"], x_te, d["y_test"], 1.0, subset, test_subset, "mnist1d", dtype)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

@@ -5,9 +5,13 @@ the training set is fit, spherical sharpness keeps falling and test accuracy kee
 BN or WD removes the effect. Here the same measurement runs on any net of :mod:`eosflow.nets` and
 any dataset of :mod:`eosflow.data`:
 
-* ``dataset="digits"`` (default; scikit-learn's 8x8 digits, bundled) or ``"cifar10"`` (the python
-  archive in ``data_dir``; nothing is downloaded);
-* ``arch="mlp"`` (widths ``widths``) or ``"vgg11"`` (VGG-11 channels times ``vgg_width``).
+* ``dataset="digits"`` (default; scikit-learn's 8x8 digits, bundled), ``"mnist1d"`` (MNIST-1D
+  sequences generated locally at the package's seed 42; ``seed`` then only seeds the init; use
+  ``subset=null`` for all 4000) or ``"cifar10"`` (the python archive in ``data_dir``; nothing is
+  downloaded);
+* ``arch="mlp"`` (widths ``widths``, any dataset), ``"vgg11"`` (VGG-11 channels times
+  ``vgg_width``, images) or ``"cnn1d"`` (:class:`eosflow.nets1d.CNN1D` with ``cnn_channels``,
+  ``cnn_kernel``, ``cnn_stride``; MNIST-1D sequences).
 
 Three runs from the same seed (``runs`` selects a subset):
 
@@ -44,15 +48,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from eosflow.chunks import run_chunked
-from eosflow.data import cifar10_paths, load_cifar10, load_digits
+from eosflow.data import cifar10_paths, load_cifar10, load_digits, load_mnist1d
 from eosflow.experiments import net_plots
 from eosflow.experiments._common import RUNS, as_float, first_index, phase
 from eosflow.nets import MLP, VGG, VGG11, make_net_loss, vgg_config
+from eosflow.nets1d import CNN1D
 from eosflow.runio import RunRecorder
 from eosflow.sharpness import hessian_top_eigs
 
 NAME = "net"
-DESCRIPTION = "scale-invariant net (MLP/VGG-11), full-batch GD+WD: sharpness and test accuracy"
+DESCRIPTION = (
+    "scale-invariant net (MLP/VGG-11/1-D CNN), full-batch GD+WD: sharpness and test accuracy"
+)
 PAPER = "Figure 2"
 
 _FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
@@ -74,6 +81,9 @@ def default_config(quick: bool) -> dict:
         "arch": "mlp",
         "widths": [32, 32],
         "vgg_width": 0.125,
+        "cnn_channels": [32, 32, 32],
+        "cnn_kernel": 5,
+        "cnn_stride": 2,
         "activation": "swish",
         "logit_scale": 2.0,
         "dtype": "float64",
@@ -91,8 +101,8 @@ def validate_config(config: dict) -> None:
     """Raise ``ValueError`` on settings the run cannot use (``DataFileNotFoundError`` when a
     CIFAR-10 file is missing)."""
     c = config
-    if c["dataset"] not in ("digits", "cifar10"):
-        raise ValueError(f"dataset must be 'digits' or 'cifar10', got {c['dataset']!r}")
+    if c["dataset"] not in ("digits", "mnist1d", "cifar10"):
+        raise ValueError(f"dataset must be 'digits', 'mnist1d' or 'cifar10', got {c['dataset']!r}")
     if c["dataset"] == "cifar10":
         if not c["data_dir"]:
             raise ValueError(
@@ -102,8 +112,18 @@ def validate_config(config: dict) -> None:
         if not os.path.isdir(c["data_dir"]):
             raise ValueError(f"data_dir {c['data_dir']!r} is not a directory")
         cifar10_paths(c["data_dir"])  # all six files there (read, and checked, by run)
-    if c["arch"] not in ("mlp", "vgg11"):
-        raise ValueError(f"arch must be 'mlp' or 'vgg11', got {c['arch']!r}")
+    if c["arch"] not in ("mlp", "vgg11", "cnn1d"):
+        raise ValueError(f"arch must be 'mlp', 'vgg11' or 'cnn1d', got {c['arch']!r}")
+    if (c["arch"] == "cnn1d") != (c["dataset"] == "mnist1d") and c["arch"] != "mlp":
+        need = "1-D sequences (dataset mnist1d)" if c["arch"] == "cnn1d" else "images"
+        raise ValueError(f"arch {c['arch']} needs {need}, not dataset {c['dataset']}")
+    ch = c["cnn_channels"]
+    cnn = [*ch, c["cnn_kernel"], c["cnn_stride"]] if isinstance(ch, list) and ch else [0]
+    if not all(isinstance(n, int) and n > 0 for n in cnn):
+        raise ValueError(
+            f"cnn_channels must be a non-empty list and cnn_kernel, cnn_stride positive integers, "
+            f"got {ch!r}, {c['cnn_kernel']!r}, {c['cnn_stride']!r}"
+        )
     if c["arch"] == "mlp" and (
         not isinstance(c["widths"], list)
         or not all(isinstance(n, int) and n > 0 for n in c["widths"])
@@ -139,6 +159,8 @@ def load_data(config: dict):
     c = config
     if c["dataset"] == "digits":
         return load_digits(seed=c["seed"], subset=c["subset"], test_subset=c["test_subset"])
+    if c["dataset"] == "mnist1d":
+        return load_mnist1d(subset=c["subset"], test_subset=c["test_subset"])
     return load_cifar10(c["data_dir"], subset=c["subset"], test_subset=c["test_subset"])
 
 
@@ -150,6 +172,9 @@ def build_model(config: dict, num_classes: int, bn: bool):
     )
     if c["arch"] == "mlp":
         return MLP(widths=tuple(c["widths"]), **common)
+    if c["arch"] == "cnn1d":
+        k, st = c["cnn_kernel"], c["cnn_stride"]
+        return CNN1D(channels=tuple(c["cnn_channels"]), kernel_size=k, stride=st, **common)
     return VGG(config=vgg_config(VGG11, c["vgg_width"]), **common)
 
 

@@ -18,6 +18,23 @@ from eosflow.experiments._common import (
 )
 
 
+def zoom_range(curves, start) -> tuple[float, float] | None:
+    """The y range of ``(step, values)`` curves from step ``start`` on (all of each curve when
+    ``start`` is None or no record reaches it), padded by 8% of the span and at least 0.5 each way;
+    None if no finite value. Figure 2a's accuracy axis: on 0–100% a 2-point gap is invisible."""
+    vals = []
+    for st, v in curves:
+        keep = st >= start if start is not None and np.any(st >= start) else np.ones(len(st), bool)
+        vals.append(np.asarray(v, float)[keep])
+    vals = np.concatenate(vals) if vals else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if not vals.size:
+        return None
+    lo, hi = float(vals.min()), float(vals.max())
+    pad = max(0.08 * (hi - lo), 0.5)
+    return lo - pad, hi + pad
+
+
 def plot(out: Path) -> list[Path]:
     """``figure2.png``: (a) test accuracy, (b) spherical sharpness (no-BN: ``λ1(∇²L(w))``),
     (c) train loss, (d) ``η̃_t·λ1`` (EoS at 2), (e) train accuracy, (f) ``||w_t||``."""
@@ -46,14 +63,22 @@ def plot(out: Path) -> list[Path]:
             axis.axvline(fit, color="gray", ls=":", lw=1)
         axis.set_xlabel("step")
         axis.legend(fontsize=7)
-    a_test.set(title="(a) test accuracy", ylabel="%")
+    start = fit if fit is not None else int(0.1 * c["steps"])
+    rng = zoom_range([(a[f"{r}_step"], 100 * a[f"{r}_test_acc"]) for r in runs], start)
+    if rng is not None:
+        a_test.set_ylim(*rng)
+    a_test.set(title=f"(a) test accuracy (axis zoomed to step >= {start})", ylabel="%")
     a_sharp.set(title="(b) spherical sharpness λ1(∇²L(θ_t))", ylabel="λ1")
     a_loss.set(title="(c) train loss (cross-entropy)", ylabel="loss")
     a_eos.axhline(2.0, color="k", lw=0.8, ls="--")
     a_eos.set(title="(d) η̃_t·λ1 (EoS at 2)", ylabel="η̃ λ1")
     a_train.set(title="(e) train accuracy", ylabel="%")
     a_norm.set(title="(f) ||w_t||", ylabel="norm")
-    arch = f"MLP{tuple(c['widths'])}" if c["arch"] == "mlp" else f"VGG-11 x{c['vgg_width']}"
+    arch = {
+        "mlp": f"MLP{tuple(c['widths'])}",
+        "vgg11": f"VGG-11 x{c['vgg_width']}",
+        "cnn1d": f"CNN1D{tuple(c.get('cnn_channels', ()))} k{c.get('cnn_kernel')} s{c.get('cnn_stride')}",
+    }[c["arch"]]
     fig.suptitle(
         f"Figure 2: {arch} on {c['dataset']} (subset {c['subset']}/class), γ={c['logit_scale']}, "
         f"lr={c['lr']}, wd={c['wd']}, {c['steps']} steps (dotted: 100% train accuracy)"

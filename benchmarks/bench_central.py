@@ -36,7 +36,7 @@ from eosflow.experiments.central_flow import default_config, problem
 def _config(quick: bool) -> dict:
     return {
         "steps": {"linreg": 200 if quick else 1000, "mc": 10 if quick else 60},
-        "repeats": 2 if quick else 5,
+        "repeats": 3 if quick else 5,
     }
 
 

@@ -64,9 +64,14 @@ _GD_FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
 
 
 def default_config(quick: bool) -> dict:
-    """Full: linreg n=20, d=60, lr 0.1, wd 0.01, 4000 steps; matrix completion 50×50 (D=5000),
-    lr 0.5, wd 0.005, 1500 steps. Quick (an end-to-end test): linreg 1200 steps at wd 0.02 and a
-    20×20 matrix completion (D=800), 800 steps."""
+    """Full: linreg n=20, d=60, lr 0.1, wd 0.01, 4000 steps; matrix completion 20×20 (D=800),
+    rank 2, 200 entries, lr 0.5, wd 0.005, 800 steps, ``k = 3``. Quick: linreg 1200 steps at
+    wd 0.02, matrix completion 300 steps.
+
+    Matrix completion is the expensive part: with ``k = 3`` the central flow takes ~600-800
+    HVPs per GD step (the top-3 Lanczos restarts eigenpairs 2 and 3 from a fixed vector every
+    substep), ~0.3 s per step on a loaded 2-core CPU at D=800 and ~1.7 s at Figure 1's D=5000
+    (docs/benchmarks.md), so the default is the 20×20 problem."""
     q = bool(quick)
     return {
         "quick": q,
@@ -81,16 +86,16 @@ def default_config(quick: bool) -> dict:
         "linreg_k": 1,
         "linreg_fit_tol": 1e-10,
         "linreg_sharpness_every": 1,
-        "mc_m": 20 if q else 50,
+        "mc_m": 20,
         "mc_rank": 2,
-        "mc_num_observed": 200 if q else 800,
+        "mc_num_observed": 200,
         "mc_init_scale": 0.1,
         "mc_lr": 0.5,
         "mc_wd": 0.005,
-        "mc_steps": 800 if q else 1500,
+        "mc_steps": 300 if q else 800,
         "mc_k": 3,
         "mc_fit_tol": 1e-6,
-        "mc_sharpness_every": 1 if q else 5,
+        "mc_sharpness_every": 1,
         "substeps": 4,
         "lanczos_iter": 10,
         "settle_frac": 0.25,

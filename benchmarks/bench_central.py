@@ -42,6 +42,7 @@ def _config(quick: bool) -> dict:
 
 def _settings(p: str) -> dict:
     c = default_config(False)
+    c.update(mc_m=50, mc_num_observed=800)  # Figure 1's size, D = 5000 (the experiment: D = 800)
     return {"lr": c[f"{p}_lr"], "wd": c[f"{p}_wd"], "k": c[f"{p}_k"], "cfg": c}
 
 

@@ -1,6 +1,6 @@
 """eosflow benchmarks: one command, every measurement and its baselines in the same run.
 
-    python benchmarks/run.py [--quick] [--only core|flow|sweep|sharpness[,...]]
+    python benchmarks/run.py [--quick] [--only core|sharpness|flow|sweep|fullbatch|central[,...]]
                              [--out docs/benchmarks.md] [--json benchmarks/results.json]
                              [--cpu-devices N]
 
@@ -9,7 +9,9 @@ dense vs gathered matrix completion; no recompilation), ``sharpness`` (Lanczos v
 iteration HVPs to 1e-8; sharpness cost vs one gradient), ``flow`` (issue 3: generic vs residual
 path, fixed RK4 vs adaptive DOPRI5), ``sweep`` (issue 6: ``eosflow.sweep`` vs sequential
 ``simulate``), ``fullbatch`` (issue 15: one full-batch GD+WD step of VGG-11 on CIFAR-shaped
-images, time, memory, MFU). JAX picks the device (CPU or GPU, reported); float64 is turned on for the whole run
+images, time, memory, MFU), ``central`` (issue 14: the central flow's HVPs and time per GD step
+against ``simulate`` with the sharpness every step). JAX picks the device (CPU or GPU, reported);
+float64 is turned on for the whole run
 (float32 rows use float32 arrays). Each section's tables replace only that section's generated
 block (keyed by section and platform) in ``--out``, so the hand-written text in
 ``docs/benchmarks.md`` and results from other devices are kept. Needs no network.
@@ -38,7 +40,7 @@ import jax
 
 HERE = Path(__file__).resolve().parent
 
-SECTIONS = ("core", "sharpness", "flow", "sweep", "fullbatch")
+SECTIONS = ("core", "sharpness", "flow", "sweep", "fullbatch", "central")
 
 
 def _module(name: str):

@@ -5,7 +5,6 @@ Independent computations: GD+WD itself (its two-step average and its oscillation
 and the central flow at twice the substeps.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,7 +46,9 @@ def _compare(loss, gd, cf, tail: int = 200) -> dict:
         "sigma2_over_half_eta": float(
             np.mean(np.asarray(cf.sigma)[sl, 0, 0]) / (0.5 * float(gd.lr * gd.wd))
         ),
-        "eff_lr_ratio": float(np.mean(np.asarray(cf.eff_lr)[sl]) / np.mean(np.asarray(gd.eff_lr)[sl])),
+        "eff_lr_ratio": float(
+            np.mean(np.asarray(cf.eff_lr)[sl]) / np.mean(np.asarray(gd.eff_lr)[sl])
+        ),
         "dist_avg": float(np.mean(np.linalg.norm(flow_th[sl] - avg[sl], axis=1))),
         "dist_iterate": float(np.mean(np.linalg.norm(flow_th[sl] - th[sl], axis=1))),
         "pre_eos_max_dist": float(np.max(np.linalg.norm(flow_th[:entry] - th[:entry], axis=1))),
@@ -115,7 +116,7 @@ def test_limit_is_flow_3(limit_runs):
         [np.linalg.norm(np.asarray(runs[e].theta[int(round(tau / e))]) - z_end) for e in etas]
     )
     slope = np.polyfit(np.log(etas), np.log(dists), 1)[0]
-    print("flow (3) moved", moved, "distances", dict(zip(etas, dists)), "slope", slope)
+    print("flow (3) moved", moved, "distances", dict(zip(etas, dists, strict=True)), "slope", slope)
     assert moved > 0.1  # the test would be empty if flow (3) did not move
     assert np.all(np.diff(dists) > 0)  # distance grows with eta_in
     assert 0.8 <= slope <= 1.2, slope
@@ -148,7 +149,10 @@ def test_substeps_converge_first_order():
     """Item 2: halving the Euler substep halves the error (against 16 substeps), on a run
     through EoS entry (linreg-BN, eta_in = 4e-3, 400 steps)."""
     _, loss, w0 = linreg_bn_problem(dict(seed=0, n=20, d=60, init_scale=1.0))
-    th = {n: np.asarray(central_flow(loss, w0, LR, 0.04, 400, substeps=n).theta) for n in (2, 4, 8, 16)}
+    th = {
+        n: np.asarray(central_flow(loss, w0, LR, 0.04, 400, substeps=n).theta)
+        for n in (2, 4, 8, 16)
+    }
     err = {n: np.max(np.linalg.norm(th[n] - th[16], axis=1)) for n in (2, 4, 8)}
     # Richardson: e(n) ~ C (1/n - 1/16) -> e(2)/e(4) = 7/3, e(4)/e(8) = 3.
     print(err)

@@ -11,6 +11,7 @@ Turn on float64 for theory checks: ``eosflow.enable_x64()`` (see :mod:`eosflow.p
 
 from eosflow import (
     analysis,
+    central,
     driver,
     dynamics,
     flow,
@@ -31,6 +32,13 @@ from eosflow.analysis import (
     tracking,
 )
 from eosflow.batch_sharding import batch_mesh, shard_batch
+from eosflow.central import (
+    CentralFlow,
+    CentralFlowInfo,
+    CentralFlowState,
+    central_flow,
+    central_flow_dynamics,
+)
 from eosflow.devices import cpu_cores, use_cpu_devices
 from eosflow.driver import RunState
 from eosflow.dynamics import Dynamics, SphereHparams, gd_wd, sphere_dynamics
@@ -97,7 +105,9 @@ from eosflow.sphere_sdcp import (
     SphereSDCP,
     central_velocity,
     hessian_derivative_terms,
+    sdcp_from_rates,
     sdcp_operator,
+    tangent_velocity,
 )
 from eosflow.sweeps import SingleDeviceWarning, SweepConfig, load_sweep, sweep, take_config
 from eosflow.sweeps import configurations as sweep_configurations

@@ -21,7 +21,12 @@ How the constraint is kept (the anchor's choice, written for our state): each su
 current violation ``A₀ = diag(2/η̃ − λ)`` enters, so drift off the edge is corrected at every
 substep instead of accumulating), then takes an explicit Euler step and retracts ``θ`` to the
 sphere. ``substeps`` Euler substeps make one GD step; the result converges at first order in
-``1/substeps`` (tests/test_central.py measures it).
+``1/substeps`` (tests/test_central.py measures it). The SDCP's data come from
+:func:`eosflow.sphere_sdcp.sdcp_from_rates` (the rule enters only through ``u' = du0 +
+⟨du_rate, X⟩``, linearized in ``X``) and it is solved by :func:`eosflow.solve_sdcp` (smoothing
+Newton; closed form for ``k = 1``). The operator is exact, not symmetrized: its ``u'`` part is
+``edge·δ_ij Σ_l λ_l² X_ll``, non-symmetric where the ``λ_l`` differ, which the solver handles
+(strongly monotone).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from eosflow.dynamics import Dynamics, SphereHparams
 from eosflow.eigensolvers import default_v0, hvp, lanczos_top_eigs
 from eosflow.gd import GDWDHparams, effective_lr
 from eosflow.schedulers import EffLRScheduler, gd_wd_scheduler, scheduler_norm
+from eosflow.sdcp import solve_sdcp
 from eosflow.simulation import simulate
+from eosflow.sphere_sdcp import hessian_derivative_terms, sdcp_from_rates, tangent_velocity
 
 Array = jax.Array
 
@@ -88,33 +95,6 @@ class CentralFlowInfo(NamedTuple):
     num_hvps: Array
 
 
-def _proj_psd(Z: Array) -> Array:
-    ev, Q = jnp.linalg.eigh(0.5 * (Z + Z.T))
-    return (Q * jnp.maximum(ev, 0.0)) @ Q.T
-
-
-def solve_sdcp(beta: Array, alpha: Array, iters: int = 3000) -> Array:
-    """TEMPORARY: X >= 0, alpha + beta(X) >= 0, complementary; beta symmetric PSD (k,k,k,k):
-    the minimizer of the QP 1/2<X, beta X> + <alpha, X> over X >= 0, by FISTA."""
-    k = alpha.shape[0]
-    if k == 1:
-        b = beta.reshape(())
-        return jnp.maximum(-alpha / jnp.where(b > 0, b, 1.0), 0.0) * (b > 0)
-    B = beta.reshape(k * k, k * k)
-    B = 0.5 * (B + B.T)
-    lip = jnp.max(jnp.linalg.eigvalsh(B)) + jnp.finfo(B.dtype).tiny
-
-    def body(_, c):
-        X, Y, t = c
-        grad = (B @ Y.ravel()).reshape(k, k) + alpha
-        Xn = _proj_psd(Y - grad / lip)
-        tn = 0.5 * (1 + jnp.sqrt(1 + 4 * t * t))
-        return Xn, Xn + ((t - 1) / tn) * (Xn - X), tn
-
-    z = jnp.zeros_like(alpha)
-    return jax.lax.fori_loop(0, iters, body, (z, z, jnp.ones((), alpha.dtype)))[0]
-
-
 def active_count(X: Array) -> Array:
     """How many eigenvalues of the k×k ``X`` are positive (above ``1e-8`` of the largest, and
     above the float's tiny): the number of Hessian eigenvalues at the edge that oscillate."""
@@ -122,29 +102,6 @@ def active_count(X: Array) -> Array:
     top = jnp.max(ev)
     floor = jnp.maximum(1e-8 * top, jnp.finfo(X.dtype).tiny)
     return jnp.sum((ev > floor) & (top > 0)).astype(jnp.int32)
-
-
-def _pairs(k: int):
-    """Index arrays of the pairs ``i <= j`` and their weights in a symmetric sum (1 or 2)."""
-    idx = [(i, j) for i in range(k) for j in range(i, k)]
-    I = jnp.array([p[0] for p in idx])
-    J = jnp.array([p[1] for p in idx])
-    return I, J
-
-
-def _third_derivatives(f: Callable, theta: Array, V: Array) -> Array:
-    """``G[i, j] = ∇_θ (v_iᵀ ∇²L(θ) v_j)`` (vectors fixed), shape ``(k, k, D)``, symmetric in
-    ``i, j`` (computed for ``i <= j`` only). ``G[i, i] = ∇λ_i`` by Hellmann–Feynman."""
-    k = V.shape[0]
-    I, J = _pairs(k)
-
-    def one(a, b):
-        return jax.grad(lambda th: jnp.vdot(a, hvp(f, th, b)))(theta)
-
-    upper = jax.vmap(one)(V[I], V[J])  # (k(k+1)/2, D)
-    G = jnp.zeros((k, k, theta.shape[0]), theta.dtype)
-    G = G.at[I, J].set(upper)
-    return G.at[J, I].set(upper)
 
 
 def _rule_terms(rule: EffLRScheduler, s, g2: Array, hp):
@@ -172,7 +129,7 @@ def _rule_terms(rule: EffLRScheduler, s, g2: Array, hp):
 
 def central_substep(
     f: Callable, rule: EffLRScheduler, hp, state: CentralFlowState, dt, *, k: int,
-    lanczos_iter: int,
+    lanczos_iter: int, edge: float = 2.0,
 ):  # fmt: skip
     """One explicit-Euler substep of length ``dt`` (in GD steps) of the central flow (module
     docstring), with the semi-implicit SDCP for ``X``.
@@ -185,30 +142,16 @@ def central_substep(
     m = min(lanczos_iter, theta.shape[0])
     eig = lanczos_top_eigs(lambda v: hvp(f, theta, v), state.basis, k, num_iter=m)
     lam, V = eig.eigenvalues, eig.eigenvectors
-    G = _third_derivatives(f, theta, V)  # (k, k, D)
-    PG = G - jnp.einsum("ijd,d->ij", G, theta)[..., None] * theta
-    Pg = g - jnp.vdot(theta, g) * theta
+    dH = hessian_derivative_terms(f, theta, V.T)  # (k, k, D)
     eta, ds0, ds1, ds2, q0, q1, q2 = _rule_terms(rule, s, g2, hp)
-
-    c = lam * (V @ g)  # (k,): components of H g in the eigenbasis
-    gram = jnp.einsum("ijd,kld->ijkl", G, PG)  # <G_ij, P G_kl>
-    # Predicted constraint after the substep, A(X) = alpha + beta(X) (k x k, symmetric):
-    #   A = 2/eta - V^T H V;  dA/dt = 2 d(1/eta)/dt - <G_ij, theta'>.
-    # The rule's X-term, 2 q1 <Sigma, H^2> = 2 q1 sum_l X_ll lam_l^2, is written with lam_l^2 ->
-    # (2/eta)^2: equal on the directions that oscillate (they sit at the edge), and it makes the
-    # operator symmetric (so the SDCP is a convex QP). See the module docstring.
-    eye = jnp.eye(k, dtype=theta.dtype)
-    alpha = jnp.diag(2.0 / eta - lam) + dt * (2.0 * q0 * eye + eta * jnp.einsum("ijd,d->ij", G, Pg))
-    w_edge = 2.0 * q1 * (2.0 / eta) ** 2
-    # The rule's curvature term 4 q2 c^T X c (O(||g||^2 Sigma), zero on Gamma) moves s (below) but
-    # is left out of the one-substep prediction; the next substep's A_0 corrects what it misses.
-    beta = dt * (w_edge * jnp.einsum("ij,kl->ijkl", eye, eye) + 0.5 * eta * gram)
-    X = solve_sdcp(beta, alpha)
+    # u = 1/eta moves at u' = q0 + <Sigma, H^2> q1 + 1/2 E[(2 g^T H x)^2] q2 (second order in x):
+    c = lam * (V @ g)  # (k,): H g in the eigenbasis; E[(2 g^T H x)^2] = 4 c^T X c
+    du_rate = q1 * jnp.diag(lam**2) + 2.0 * q2 * jnp.outer(c, c)
+    X = solve_sdcp(*sdcp_from_rates(theta, g, lam, dH, 1.0 / eta, q0, du_rate, dt, edge=edge)[:2]).X
 
     m1 = jnp.sum(jnp.diag(X) * lam**2)  # <Sigma, H^2>
-    m2 = 4.0 * c @ X @ c  # E[(2 g^T H x)^2]
-    theta_dot = -eta * (Pg + 0.5 * jnp.einsum("ij,ijd->d", X, PG))
-    new_theta = theta + dt * theta_dot
+    m2 = 4.0 * c @ X @ c
+    new_theta = theta + dt * tangent_velocity(theta, g, dH, X, eta)
     new_theta = new_theta / jnp.linalg.norm(new_theta)
     new_s = jax.tree_util.tree_map(
         lambda a, d0, d1, d2: a + dt * (d0 + m1 * d1 + 0.5 * m2 * d2), s, ds0, ds1, ds2
@@ -223,7 +166,7 @@ def central_substep(
 
 def central_flow_dynamics(
     rule: EffLRScheduler = gd_wd_scheduler, *, k: int = 1, substeps: int = 4,
-    lanczos_iter: int = 30,
+    lanczos_iter: int = 30, edge: float = 2.0,
 ):  # fmt: skip
     """The central flow as a :class:`eosflow.Dynamics` (one "step" = ``substeps`` Euler
     substeps = one GD step of time), hparams :class:`eosflow.SphereHparams` ``(lr, wd, rule)``
@@ -232,13 +175,17 @@ def central_flow_dynamics(
     for name, v, lo in (("k", k, 1), ("substeps", substeps, 1), ("lanczos_iter", lanczos_iter, 2)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"central_flow: {name} must be an integer >= {lo}, got {v!r}")
+    if isinstance(edge, bool) or not isinstance(edge, int | float) or not 0 < edge < 4:
+        raise ValueError(
+            f"central_flow: edge must be a number in (0, 4) (the paper's 2), got {edge!r}"
+        )
     if not isinstance(rule, EffLRScheduler):
         raise TypeError(f"central_flow: rule must be an eosflow.EffLRScheduler, got {rule!r}")
-    return _dynamics(rule, k, substeps, lanczos_iter)
+    return _dynamics(rule, k, substeps, lanczos_iter, float(edge))
 
 
 @functools.lru_cache(maxsize=64)
-def _dynamics(rule: EffLRScheduler, k: int, substeps: int, lanczos_iter: int):
+def _dynamics(rule: EffLRScheduler, k: int, substeps: int, lanczos_iter: int, edge: float):
     def init(w0: Array, hp) -> CentralFlowState:
         norm0 = jnp.linalg.norm(w0)
         D = w0.shape[0]
@@ -251,7 +198,9 @@ def _dynamics(rule: EffLRScheduler, k: int, substeps: int, lanczos_iter: int):
         dt = 1.0 / substeps
 
         def sub(st, _):
-            return central_substep(f, rule, hp.rule, st, dt, k=k, lanczos_iter=lanczos_iter)
+            return central_substep(
+                f, rule, hp.rule, st, dt, k=k, lanczos_iter=lanczos_iter, edge=edge
+            )
 
         state, infos = jax.lax.scan(sub, state, None, length=substeps)
         info = jax.tree_util.tree_map(lambda x: x[0], infos)
@@ -323,6 +272,7 @@ def central_flow(
     k: int = 1,
     substeps: int = 4,
     lanczos_iter: int = 10,
+    edge: float = 2.0,
     rule: EffLRScheduler | None = None,
     rule_hparams: Any = None,
     check_invariance: bool = True,
@@ -349,6 +299,8 @@ def central_flow(
         eigenvalue is isolated; more where it is clustered (matrix completion).
       substeps: Euler substeps per GD step (first-order convergence in ``1/substeps``).
       lanczos_iter: Krylov dimension per Lanczos cycle (warm-started every substep).
+      edge: the stability edge ``η̃λ ≤ edge`` (THEORY.md: 2; GD+WD's exact linear threshold is
+        ``(2 − η_in)/(1 − η_in) = 2 + η_in + O(η_in²)``, see :func:`eosflow.sdcp_operator`).
       rule, rule_hparams: another effective-LR rule (:mod:`eosflow.schedulers`, e.g.
         ``scalar_rmsprop_scheduler`` with :class:`eosflow.RMSpropHparams`); default GD+WD's own.
       check_invariance, on_nonfinite: as in :func:`eosflow.simulate`.
@@ -363,7 +315,7 @@ def central_flow(
         rule_hparams = GDWDHparams(lr, wd)
     elif rule_hparams is None:
         raise TypeError("central_flow: rule= needs rule_hparams=")
-    dyn = central_flow_dynamics(rule, k=k, substeps=substeps, lanczos_iter=lanczos_iter)
+    dyn = central_flow_dynamics(rule, k=k, substeps=substeps, lanczos_iter=lanczos_iter, edge=edge)
     traj = simulate(
         loss, w0, steps=steps, dynamics=dyn, hparams=SphereHparams(lr, wd, rule_hparams),
         record_every=record_every, check_invariance=check_invariance, on_nonfinite=on_nonfinite,

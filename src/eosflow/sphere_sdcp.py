@@ -49,7 +49,14 @@ from eosflow.sdcp import svec
 
 Array = jax.Array
 
-__all__ = ["SphereSDCP", "hessian_derivative_terms", "sdcp_operator", "central_velocity"]
+__all__ = [
+    "SphereSDCP",
+    "hessian_derivative_terms",
+    "sdcp_operator",
+    "sdcp_from_rates",
+    "tangent_velocity",
+    "central_velocity",
+]
 
 
 class SphereSDCP(NamedTuple):
@@ -123,17 +130,52 @@ def sdcp_operator(
       (``Σ = V X Vᵀ``) for :func:`central_velocity`.
     """
     _check(theta, grad, eigvals, dH)
-    k, D = eigvals.shape[0], theta.shape[0]
     eta = 1.0 / u
     a, c = jnp.square(1.0 - eta_in) - 1.0, jnp.square(1.0 - eta_in)
+    du0 = a * u + c * eta * jnp.vdot(grad, grad)
+    return sdcp_from_rates(
+        theta, grad, eigvals, dH, u, du0, c * eta * jnp.diag(jnp.square(eigvals)), dt, edge=edge
+    )
+
+
+def sdcp_from_rates(
+    theta: Array,
+    grad: Array,
+    eigvals: Array,
+    dH: Array,
+    u: Array,
+    du0: Array,
+    du_rate: Array,
+    dt: Array,
+    *,
+    edge: Array = 2.0,
+) -> SphereSDCP:
+    """The SDCP of one semi-implicit substep for any effective-LR rule whose ``u = 1/η̃`` moves
+    at ``u' = du0 + ⟨du_rate, X⟩`` (affine in ``X``, to the flow's second order): GD+WD
+    (:func:`sdcp_operator`), scalar RMSprop and Quasi-RMSprop (:mod:`eosflow.central`)::
+
+        S' = edge·u'·I − [⟨dH[i, j], θ'⟩]_ij,    θ' = −η̃ P_θ [∇L + ½ Σ_lm X_lm dH[l, m]]
+
+    Args: as :func:`sdcp_operator`, with ``du0`` (scalar) and ``du_rate`` ``(k, k)`` symmetric in
+    place of ``eta_in``. Returns :class:`SphereSDCP`.
+    """
+    _check(theta, grad, eigvals, dH)
+    k, D = eigvals.shape[0], theta.shape[0]
+    eta = 1.0 / u
     PdH = dH - dH @ theta[:, None] * theta  # P_θ dH[i, j]
     eye = jnp.eye(k, dtype=theta.dtype)
     slack = jnp.diag(edge * u - eigvals)
-    drift = edge * (a * u + c * eta * jnp.vdot(grad, grad)) * eye + eta * (PdH @ grad)
+    drift = edge * du0 * eye + eta * (PdH @ grad)
     T = jax.vmap(svec, in_axes=2, out_axes=1)(PdH.reshape(k, k, D))  # (p, D) rows f_ij P dH_ij
-    rate = 0.5 * eta * T @ T.T
-    rate = rate + edge * c * eta * jnp.outer(svec(eye), svec(jnp.diag(jnp.square(eigvals))))
+    rate = 0.5 * eta * T @ T.T + edge * jnp.outer(svec(eye), svec(du_rate))
     return SphereSDCP(dt * rate, slack + dt * drift, slack, drift, rate)
+
+
+def tangent_velocity(theta: Array, grad: Array, dH: Array, X: Array, eta: Array) -> Array:
+    """``θ' = −η̃ P_θ [∇L + ½ Σ_ij X_ij dH[i, j]]``: the central flow's velocity on the sphere
+    (THEORY.md "Beyond the paper"), tangent at ``θ``."""
+    force = grad + 0.5 * jnp.einsum("ij,ijd->d", X, dH)
+    return -eta * (force - theta * jnp.vdot(theta, force))
 
 
 def central_velocity(
@@ -156,8 +198,7 @@ def central_velocity(
     _check(theta, grad, eigvals, dH)
     chex.assert_shape(X, (eigvals.shape[0], eigvals.shape[0]))
     eta = 1.0 / u
-    force = grad + 0.5 * jnp.einsum("ij,ijd->d", X, dH)
-    dtheta = -eta * (force - theta * jnp.vdot(theta, force))
+    dtheta = tangent_velocity(theta, grad, dH, X, eta)
     avg_g2 = jnp.vdot(grad, grad) + jnp.sum(jnp.square(eigvals) * jnp.diag(X))
     c = jnp.square(1.0 - eta_in)
     du = (c - 1.0) * u + c * eta * avg_g2

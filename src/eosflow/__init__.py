@@ -276,5 +276,13 @@ __all__ = [
     "sdcp_operator",
     "central_velocity",
     "hessian_derivative_terms",
+    "sdcp_from_rates",
+    "tangent_velocity",
+    "central",
+    "CentralFlow",
+    "CentralFlowInfo",
+    "CentralFlowState",
+    "central_flow",
+    "central_flow_dynamics",
     *_LAZY,
 ]

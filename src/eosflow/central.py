@@ -104,27 +104,35 @@ def active_count(X: Array) -> Array:
     return jnp.sum((ev > floor) & (top > 0)).astype(jnp.int32)
 
 
-def _rule_terms(rule: EffLRScheduler, s, g2: Array, hp):
-    """The rule's part of the flow at state ``s`` and ``||∇L||² = g2``.
+class _RuleTerms(NamedTuple):
+    """The rule's part of the flow at state ``s`` and ``||∇L||² = g2`` (:func:`_rule_terms`)."""
 
-    Returns ``(eta, ds0, ds1, ds2, q0, q1, q2)``: ``η̃``; the state velocity
-    ``ṡ(g2) = update(s, g2) − s`` and its first two derivatives in ``g2`` (pytrees like ``s``);
-    and ``q_i = D_s(1/η̃)[ds_i]``: how each moves the constraint's ``1/η̃``.
-    """
+    u: Array  # 1/η̃ of the current step at g2
+    p1: Array  # ∂u/∂g2: a step size that depends on the current gradient (RMSprop); 0 for GD+WD
+    p2: Array  # ∂²u/∂g2²
+    ds: tuple  # ṡ(g2) = update(s, g2) − s and its first two derivatives in g2 (pytrees like s)
+    q: tuple  # q_i = D_s u[ds_i]: how each moves u
+
+
+def _rule_terms(rule: EffLRScheduler, s, g2: Array, hp) -> _RuleTerms:
+    """Expand the rule to second order in ``g2`` (the oscillation enters through
+    ``E||∇L||² = g2 + ⟨Σ, H²⟩`` and ``E(δg2)² = 4 gᵀHΣHg``)."""
 
     def sdot(x):
         new, _ = rule.update(s, x, hp)
         return jax.tree_util.tree_map(lambda a, b: a - b, new, s)
 
-    def inv_eta(state):
-        return 1.0 / rule.update(state, g2, hp)[1]
+    def u_of(state, x):
+        return 1.0 / rule.update(state, x, hp)[1]
 
     one = jnp.ones_like(g2)
     ds0, ds1 = jax.jvp(sdot, (g2,), (one,))
     ds2 = jax.jvp(lambda x: jax.jvp(sdot, (x,), (one,))[1], (g2,), (one,))[1]
-    eta = rule.update(s, g2, hp)[1]
-    q = [jax.jvp(inv_eta, (s,), (d,))[1] for d in (ds0, ds1, ds2)]
-    return (eta, ds0, ds1, ds2, *q)
+    du = lambda x: jax.jvp(lambda y: u_of(s, y), (x,), (one,))[1]  # noqa: E731
+    u, p1 = jax.jvp(lambda y: u_of(s, y), (g2,), (one,))
+    p2 = jax.jvp(du, (g2,), (one,))[1]
+    q = tuple(jax.jvp(lambda st: u_of(st, g2), (s,), (d,))[1] for d in (ds0, ds1, ds2))
+    return _RuleTerms(u, p1, p2, (ds0, ds1, ds2), q)
 
 
 def central_substep(
@@ -143,18 +151,26 @@ def central_substep(
     eig = lanczos_top_eigs(lambda v: hvp(f, theta, v), state.basis, k, num_iter=m)
     lam, V = eig.eigenvalues, eig.eigenvectors
     dH = hessian_derivative_terms(f, theta, V.T)  # (k, k, D)
-    eta, ds0, ds1, ds2, q0, q1, q2 = _rule_terms(rule, s, g2, hp)
-    # u = 1/eta moves at u' = q0 + <Sigma, H^2> q1 + 1/2 E[(2 g^T H x)^2] q2 (second order in x):
-    c = lam * (V @ g)  # (k,): H g in the eigenbasis; E[(2 g^T H x)^2] = 4 c^T X c
-    du_rate = q1 * jnp.diag(lam**2) + 2.0 * q2 * jnp.outer(c, c)
-    X = solve_sdcp(*sdcp_from_rates(theta, g, lam, dH, 1.0 / eta, q0, du_rate, dt, edge=edge)[:2]).X
+    r = _rule_terms(rule, s, g2, hp)
+    # Averaged over the oscillation, a function F of ||grad L||^2 is, to second order in x,
+    # F(g2) + F' <Sigma, H^2> + 1/2 F'' E[(2 g^T H x)^2], and E[(2 g^T H x)^2] = 4 c^T X c:
+    c = lam * (V @ g)  # (k,): H g in the eigenbasis
+    rate = lambda d1, d2: d1 * jnp.diag(lam**2) + 2.0 * d2 * jnp.outer(c, c)  # noqa: E731
+    # u' = q0 + <rate(q1, q2), X>; E u = u + <rate(p1, p2), X> (the step's own eta~)
+    data = sdcp_from_rates(
+        theta, g, lam, dH, r.u, r.q[0], rate(r.q[1], r.q[2]), dt, edge=edge,
+        u_rate=rate(r.p1, r.p2),
+    )  # fmt: skip
+    X = solve_sdcp(data.A, data.b).X
 
     m1 = jnp.sum(jnp.diag(X) * lam**2)  # <Sigma, H^2>
     m2 = 4.0 * c @ X @ c
+    eta = 1.0 / (r.u + r.p1 * m1 + 0.5 * r.p2 * m2)  # the time-averaged step size
     new_theta = theta + dt * tangent_velocity(theta, g, dH, X, eta)
     new_theta = new_theta / jnp.linalg.norm(new_theta)
+    d0, d1, d2 = r.ds
     new_s = jax.tree_util.tree_map(
-        lambda a, d0, d1, d2: a + dt * (d0 + m1 * d1 + 0.5 * m2 * d2), s, ds0, ds1, ds2
+        lambda a, x0, x1, x2: a + dt * (x0 + m1 * x1 + 0.5 * m2 * x2), s, d0, d1, d2
     )
     info = CentralFlowInfo(
         L, jnp.sqrt(g2), scheduler_norm(rule, s, hp, theta.dtype), eta, lam, X,

@@ -149,6 +149,7 @@ def sdcp_from_rates(
     dt: Array,
     *,
     edge: Array = 2.0,
+    u_rate: Array | None = None,
 ) -> SphereSDCP:
     """The SDCP of one semi-implicit substep for any effective-LR rule whose ``u = 1/η̃`` moves
     at ``u' = du0 + ⟨du_rate, X⟩`` (affine in ``X``, to the flow's second order): GD+WD
@@ -156,8 +157,14 @@ def sdcp_from_rates(
 
         S' = edge·u'·I − [⟨dH[i, j], θ'⟩]_ij,    θ' = −η̃ P_θ [∇L + ½ Σ_lm X_lm dH[l, m]]
 
+    A rule whose step size depends on the *current* gradient (RMSprop: ``η̃_t = η/√v_{t+1}``,
+    ``v_{t+1}`` includes ``||∇L(θ_t)||²``) averages ``u`` over the oscillation too:
+    ``E u = u + ⟨u_rate, X⟩``, so the slack itself is ``S = edge·E u − VᵀHV`` and ``X`` enters
+    it without the factor ``dt``: ``A = dt·R + edge·svec(I) svec(u_rate)ᵀ``.
+
     Args: as :func:`sdcp_operator`, with ``du0`` (scalar) and ``du_rate`` ``(k, k)`` symmetric in
-    place of ``eta_in``. Returns :class:`SphereSDCP`.
+    place of ``eta_in``; ``u_rate`` ``(k, k)`` symmetric or ``None`` (0: GD+WD, whose ``η̃_t``
+    is set before the step). Returns :class:`SphereSDCP` (``slack`` at ``X = 0``).
     """
     _check(theta, grad, eigvals, dH)
     k, D = eigvals.shape[0], theta.shape[0]
@@ -168,7 +175,10 @@ def sdcp_from_rates(
     drift = edge * du0 * eye + eta * (PdH @ grad)
     T = jax.vmap(svec, in_axes=2, out_axes=1)(PdH.reshape(k, k, D))  # (p, D) rows f_ij P dH_ij
     rate = 0.5 * eta * T @ T.T + edge * jnp.outer(svec(eye), svec(du_rate))
-    return SphereSDCP(dt * rate, slack + dt * drift, slack, drift, rate)
+    A = dt * rate
+    if u_rate is not None:
+        A = A + edge * jnp.outer(svec(eye), svec(u_rate))
+    return SphereSDCP(A, slack + dt * drift, slack, drift, rate)
 
 
 def tangent_velocity(theta: Array, grad: Array, dH: Array, X: Array, eta: Array) -> Array:

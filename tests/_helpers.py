@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+import eosflow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -127,3 +129,42 @@ JOINT_SCALES = (1e-3, 0.37, 2.9, 11.0, 1e3)
 #: which halves the compile time of a ResNet-20 gradient (8 s -> 4 s CPU) and leaves the float64
 #: values equal to round-off (the tests' tolerances are unchanged).
 FAST_COMPILE = {"compiler_options": {"xla_backend_optimization_level": 0}}
+
+
+def _eos_entries(gd, cf) -> tuple[int, int, int]:
+    """``(later, GD's, flow's)`` EoS entry: GD's first ``eta~*lambda1 >= 2``, the flow's first
+    active step."""
+    e_gd = int(np.argmax(np.asarray(gd.eff_lr * gd.sharpness) >= 2.0))
+    e_cf = int(np.argmax(np.asarray(cf.active) > 0))
+    return max(e_gd, e_cf), e_gd, e_cf
+
+
+def central_vs_gd(loss, gd, cf, tail: int = 200) -> dict:
+    """Issue 14's numbers for a central flow ``cf`` against a GD(+WD) run ``gd`` (sharpness every
+    step) on the second half of the run after both entered EoS; ``h_t`` over the last ``tail``
+    steps."""
+    steps = len(gd.step)
+    entry, e_gd, e_cf = _eos_entries(gd, cf)
+    sl = slice(entry + (steps - entry) // 2, steps - 1)
+    th = np.asarray(gd.theta)
+    avg = th[:-1] + th[1:]
+    avg /= np.linalg.norm(avg, axis=1, keepdims=True)
+    gl = np.asarray(gd.loss)
+    two_step = 0.5 * (gl[:-1] + gl[1:])
+    flow_th = np.asarray(cf.theta)
+    osc = eosflow.oscillation(loss, gd, start=steps - tail, stop=steps)
+    return {
+        "e_gd": e_gd,
+        "e_cf": e_cf,
+        "loss_ratio_median": float(np.median(two_step[sl] / np.asarray(cf.loss_avg)[sl])),
+        "loss_ratio_mean": float(np.mean(two_step[sl]) / np.mean(np.asarray(cf.loss_avg)[sl])),
+        "sigma2_over_h2": float(np.mean(np.asarray(cf.sigma)[-tail:, 0, 0]) / np.mean(osc.h**2)),
+        "sigma2_over_half_eta": float(np.mean(np.asarray(cf.sigma)[sl, 0, 0]))
+        / (0.5 * float(gd.lr * gd.wd) or np.nan),
+        "eff_lr_ratio": float(
+            np.mean(np.asarray(cf.eff_lr)[sl]) / np.mean(np.asarray(gd.eff_lr)[sl])
+        ),
+        "dist_avg": float(np.mean(np.linalg.norm(flow_th[sl] - avg[sl], axis=1))),
+        "dist_iterate": float(np.mean(np.linalg.norm(flow_th[sl] - th[sl], axis=1))),
+        "pre_eos_max_dist": float(np.max(np.linalg.norm(flow_th[:entry] - th[:entry], axis=1))),
+    }

@@ -5,6 +5,9 @@ Independent computations: GD+WD itself (its two-step average and its oscillation
 and the central flow at twice the substeps.
 """
 
+import sys
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,46 +16,12 @@ import eosflow
 from eosflow.central import central_flow
 from eosflow.experiments._common import linreg_bn_problem
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _helpers import central_vs_gd  # noqa: E402
+
 LR = 0.1
 T = 2500
 WDS = (0.02, 0.03, 0.04)  # eta_in = 2e-3, 3e-3, 4e-3
-
-
-def _entry(gd, cf) -> int:
-    """The later of GD's EoS entry (first eta~*lambda1 >= 2) and the flow's (first active step)."""
-    e_gd = int(np.argmax(np.asarray(gd.eff_lr * gd.sharpness) >= 2.0))
-    e_cf = int(np.argmax(np.asarray(cf.active) > 0))
-    return max(e_gd, e_cf), e_gd, e_cf
-
-
-def _compare(loss, gd, cf, tail: int = 200) -> dict:
-    """The issue's numbers on the second half of the run after EoS entry."""
-    steps = len(gd.step)
-    entry, e_gd, e_cf = _entry(gd, cf)
-    sl = slice(entry + (steps - entry) // 2, steps - 1)
-    th = np.asarray(gd.theta)
-    avg = th[:-1] + th[1:]
-    avg /= np.linalg.norm(avg, axis=1, keepdims=True)
-    gl = np.asarray(gd.loss)
-    two_step = 0.5 * (gl[:-1] + gl[1:])
-    flow_th = np.asarray(cf.theta)
-    osc = eosflow.oscillation(loss, gd, start=steps - tail, stop=steps)
-    return {
-        "e_gd": e_gd,
-        "e_cf": e_cf,
-        "loss_ratio_median": float(np.median(two_step[sl] / np.asarray(cf.loss_avg)[sl])),
-        "loss_ratio_mean": float(np.mean(two_step[sl]) / np.mean(np.asarray(cf.loss_avg)[sl])),
-        "sigma2_over_h2": float(np.mean(np.asarray(cf.sigma)[-tail:, 0, 0]) / np.mean(osc.h**2)),
-        "sigma2_over_half_eta": float(
-            np.mean(np.asarray(cf.sigma)[sl, 0, 0]) / (0.5 * float(gd.lr * gd.wd))
-        ),
-        "eff_lr_ratio": float(
-            np.mean(np.asarray(cf.eff_lr)[sl]) / np.mean(np.asarray(gd.eff_lr)[sl])
-        ),
-        "dist_avg": float(np.mean(np.linalg.norm(flow_th[sl] - avg[sl], axis=1))),
-        "dist_iterate": float(np.mean(np.linalg.norm(flow_th[sl] - th[sl], axis=1))),
-        "pre_eos_max_dist": float(np.max(np.linalg.norm(flow_th[:entry] - th[:entry], axis=1))),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +31,7 @@ def linreg():
     for wd in WDS:
         gd = eosflow.simulate(loss, w0, LR, wd, steps=T, sharpness_every=1)
         cf = central_flow(loss, w0, LR, wd, T)
-        out[wd] = _compare(loss, gd, cf)
+        out[wd] = central_vs_gd(loss, gd, cf)
     return out
 
 

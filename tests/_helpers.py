@@ -134,8 +134,9 @@ FAST_COMPILE = {"compiler_options": {"xla_backend_optimization_level": 0}}
 def _eos_entries(gd, cf) -> tuple[int, int, int]:
     """``(later, GD's, flow's)`` EoS entry: GD's first ``eta~*lambda1 >= 2``, the flow's first
     active step."""
-    e_gd = int(np.argmax(np.asarray(gd.eff_lr * gd.sharpness) >= 2.0))
-    e_cf = int(np.argmax(np.asarray(cf.active) > 0))
+    at_edge, active = np.asarray(gd.eff_lr * gd.sharpness) >= 2.0, np.asarray(cf.active) > 0
+    assert at_edge.any() and active.any(), "GD or the flow never reached the edge of stability"
+    e_gd, e_cf = int(np.argmax(at_edge)), int(np.argmax(active))
     return max(e_gd, e_cf), e_gd, e_cf
 
 
@@ -159,6 +160,10 @@ def central_vs_gd(loss, gd, cf, tail: int = 200) -> dict:
         "loss_ratio_median": float(np.median(two_step[sl] / np.asarray(cf.loss_avg)[sl])),
         "loss_ratio_mean": float(np.mean(two_step[sl]) / np.mean(np.asarray(cf.loss_avg)[sl])),
         "sigma2_over_h2": float(np.mean(np.asarray(cf.sigma)[-tail:, 0, 0]) / np.mean(osc.h**2)),
+        "trace_over_x2": float(
+            np.mean(np.trace(np.asarray(cf.sigma)[-tail:], axis1=1, axis2=2))
+            / np.mean(osc.x_norm**2)
+        ),
         "sigma2_over_half_eta": float(np.mean(np.asarray(cf.sigma)[sl, 0, 0]))
         / (0.5 * float(gd.lr * gd.wd) or np.nan),
         "eff_lr_ratio": float(

@@ -154,7 +154,8 @@ def train_fullbatch(c, rec, r, net, w0, data, x_tr, x_te, progress, label) -> fl
     t0 = time.perf_counter()
     bar = Progress(steps, label, enabled=progress)
     try:
-        bar.update(done)
+        if done:  # resumed: the bar starts there (a first update at 0 would count compiling)
+            bar.update(done)
         while done < steps:
             n = min(chunk, steps - done)
             rs_in = rs if mesh is None else replicate(mesh, rs)

@@ -196,3 +196,21 @@ def test_choose_devices():
     assert choose_devices(50_000, 10_000, 8) == 8
     assert choose_devices(100, 449, 2) == 1  # digits' full test split: one device
     assert choose_devices(200, 100, 3) == 2
+
+
+def test_set_null_clears_only_nullable_settings():
+    """``--set subset=null`` (all the data) is accepted for the keys the experiment lists in
+    ``NULLABLE``; null for a number without that is refused on one line."""
+    from eosflow import cli
+    from eosflow.experiments import net
+
+    def config(*sets):
+        args = cli.build_parser().parse_args(
+            ["run", "net", *(a for s in sets for a in ("--set", s))]
+        )
+        return cli._apply_overrides("net", net.default_config(True), args)
+
+    c = config("subset=null", "test_subset=null", "eval_every=100")
+    assert c["subset"] is None and c["test_subset"] is None and c["eval_every"] == 100
+    with pytest.raises(cli.UsageError, match="expected an integer"):
+        config("record_every=null")

@@ -87,7 +87,12 @@ DESCRIPTION = (
 )
 PAPER = "Figure 2"
 
-__all__ = ["NAME", "DESCRIPTION", "PAPER", "default_config", "validate_config", "run", "plot"]
+#: Settings ``--set KEY=null`` may clear although their default is a number (all the data).
+NULLABLE = ("subset", "test_subset")
+
+__all__ = [
+    "NAME", "DESCRIPTION", "PAPER", "NULLABLE", "default_config", "validate_config", "run", "plot",
+]  # fmt: skip
 
 _FIELDS = ("step", "norm", "eff_lr", "loss", "grad_norm", "sharpness")
 

@@ -1,6 +1,6 @@
 """Full-batch GD+WD on CIFAR-shaped images (issue 15, items 2 and 6): one step of eq. (1) on a
-scale-invariant VGG-11 (width 1, 10 classes), float32, data as an argument, batch split over every
-device JAX sees (:mod:`eosflow.batch_sharding`).
+scale-invariant VGG-11 and ResNet-20 (width 1, 10 classes, Swish), float32, data as an argument,
+batch split over every device JAX sees (:mod:`eosflow.batch_sharding`).
 
 For each model and ``remat`` choice (``None``, ``"dots"``):
 
@@ -12,8 +12,8 @@ For each model and ``remat`` choice (``None``, ``"dots"``):
   aliases) and the autodiff residuals (:func:`eosflow.fullbatch_memory.residual_bytes`), at the
   timed size and, compiled from abstract inputs only, at all 50,000 CIFAR-10 images.
 
-Sizes: 256 images on a CPU (64 with ``--quick``), 50,000 on an accelerator. ResNet-20 joins
-:data:`MODELS` when it exists (any flax module with the ``(x, stats) -> (logits, stats)`` call).
+Sizes: 256 images on a CPU (64 with ``--quick``), 50,000 on an accelerator. :data:`MODELS`
+holds any flax module with the ``(x, stats) -> (logits, stats)`` call.
 """
 
 from __future__ import annotations
@@ -29,24 +29,14 @@ from _common import table, time_call
 from eosflow.batch_sharding import batch_mesh, replicate, shard_batch
 from eosflow.fullbatch_memory import compile_step, compiled_memory, step_memory
 from eosflow.nets import VGG, VGG11
+from eosflow.resnet import ResNet20
 
 IMAGE = (32, 32, 3)
 CIFAR_N = 50_000
 
 
-def _models() -> dict:
-    """Name -> flax module; ResNet-20 where the library has it."""
-    import eosflow
-
-    models = {"VGG-11": VGG(VGG11, num_classes=10)}
-    try:  # lands with issue 15, item 1
-        models["ResNet-20"] = eosflow.ResNet20(num_classes=10)
-    except (AttributeError, TypeError):
-        pass
-    return models
-
-
-MODELS = _models()
+#: Name -> flax module.
+MODELS = {"VGG-11": VGG(VGG11, num_classes=10), "ResNet-20": ResNet20(num_classes=10)}
 
 
 def _gib(b) -> str:

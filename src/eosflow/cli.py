@@ -222,7 +222,10 @@ def _apply_overrides(name: str, config: dict, args) -> dict:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        config[key] = _coerce(key, value, config[key])
+        if value is None and key in getattr(experiments.get(name), "NULLABLE", ()):
+            config[key] = None  # e.g. net's subset=null: all the data
+        else:
+            config[key] = _coerce(key, value, config[key])
     return config
 
 

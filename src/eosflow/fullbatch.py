@@ -14,8 +14,9 @@ built *inside* the traced function from traced ``x, y`` (:func:`fullbatch_loss`)
 * a run records no ``w`` (9.2M floats for VGG-11): :func:`fullbatch_run` keeps the norm, the
   per-layer norms ``||w_l||`` and per-layer effective LRs ``lr/((1 − lr·wd)||w_l||²)`` (Lemma 3.1
   applied to each layer's own scale-invariant group), the loss, the spherical sharpness
-  (Definition 1.1, warm-started Lanczos on the full batch every ``sharpness_every`` steps) and
-  train/test accuracy every ``eval_every`` steps.
+  (Definition 1.1, warm-started Lanczos on the full batch every ``sharpness_every`` steps;
+  ``geometry="plain"``: the plain ``λ1(∇²L(w_t))`` of a net without BN) and train/test accuracy
+  and test loss every ``eval_every`` steps.
 
 :func:`fullbatch_run` is the one driver (:func:`eosflow.driver.run_records`) with the
 :data:`eosflow.gd_wd` dynamics and a record hook; its carry is the driver's resumable
@@ -40,7 +41,7 @@ from jax.flatten_util import ravel_pytree
 
 from eosflow.batch_sharding import BATCH_AXIS, check_batch, constrain, replicate
 from eosflow.driver import RunState, init_run_state, run_records
-from eosflow.dynamics import GDWDHparams, gd_wd
+from eosflow.dynamics import GEOMETRIES, GDWDHparams, gd_wd
 from eosflow.gd import GDState, StepInfo, effective_lr, gd_wd_step
 from eosflow.nets import cross_entropy, init_params
 
@@ -62,6 +63,10 @@ __all__ = [
 #: Rematerialization choices: ``None`` (keep what autodiff keeps) or ``"dots"`` (keep only
 #: conv/matmul outputs, recompute BN, activations and pooling in the backward pass).
 REMAT = (None, "dots")
+
+# GD+WD with the sharpness measured at ``w_t`` itself (nets without BN); built once so that
+# every call shares its compiled program.
+_GD_WD_PLAIN = gd_wd._replace(geometry="plain")
 
 
 class FullBatchNet(NamedTuple):
@@ -91,9 +96,12 @@ class FullBatchRecords(NamedTuple):
         (``grad_norm`` on the unit sphere, ``eff_lr = lr/((1−lr·wd)||w||²)``, Lemma 3.1).
       layer_norm: ``(T, L)`` ``||w_l||`` per layer (order of ``FullBatchNet.layers``).
       layer_eff_lr: ``(T, L)`` ``lr/((1 − lr·wd)||w_l||²)``, each layer's own effective LR.
-      sharpness: ``(T,)`` spherical sharpness ``λ1(∇²L(w_t/||w_t||))`` (NaN where not computed).
+      sharpness: ``(T,)`` spherical sharpness ``λ1(∇²L(w_t/||w_t||))`` (NaN where not computed;
+        with ``geometry="plain"`` the plain ``λ1(∇²L(w_t))``).
       train_acc, test_acc: ``(T,)`` accuracies (NaN where not computed or no test data); the
         test data is normalized with the training batch's BN statistics.
+      test_loss: ``(T,)`` cross-entropy on the test data with those statistics (NaN as
+        ``test_acc``).
     """
 
     step: Array
@@ -106,6 +114,7 @@ class FullBatchRecords(NamedTuple):
     sharpness: Array
     train_acc: Array
     test_acc: Array
+    test_loss: Array
 
 
 def _layer_names(params) -> tuple[str, ...]:
@@ -202,17 +211,23 @@ def fullbatch_start(w0: Array, lr, wd, mesh=None) -> tuple[RunState, GDWDHparams
 
 
 def _observe(net, x, y, x_test, y_test, eval_every):
-    """The record hook: per-layer norms always; ``(train, test)`` accuracy at steps divisible by
-    ``eval_every`` (NaN elsewhere)."""
+    """The record hook: per-layer norms always; ``(train accuracy, test accuracy, test loss)`` at
+    steps divisible by ``eval_every`` (NaN elsewhere), from one forward pass over the training
+    batch (its BN statistics then normalize the test data)."""
 
     def accs(w):
-        train = fullbatch_accuracy(net, w, x, y).astype(w.dtype)
+        logits, stats = _forward(net, w, x)
+        train = jnp.mean(jnp.argmax(logits, axis=-1) == y).astype(w.dtype)
         if x_test is None:
-            return jnp.stack([train, jnp.full((), jnp.nan, w.dtype)])
-        return jnp.stack([train, fullbatch_accuracy(net, w, x, y, x_test, y_test).astype(w.dtype)])
+            return jnp.stack(
+                [train, jnp.full((), jnp.nan, w.dtype), jnp.full((), jnp.nan, w.dtype)]
+            )
+        logits, _ = _forward(net, w, x_test, stats)
+        test = jnp.mean(jnp.argmax(logits, axis=-1) == y_test).astype(w.dtype)
+        return jnp.stack([train, test, cross_entropy(logits, y_test).astype(w.dtype)])
 
     def observe(w, t):
-        nan = jnp.full((2,), jnp.nan, w.dtype)
+        nan = jnp.full((3,), jnp.nan, w.dtype)
         if not eval_every:
             return layer_norms(net, w), nan
         return layer_norms(net, w), lax.cond(t % eval_every == 0, accs, lambda _: nan, w)
@@ -224,12 +239,13 @@ def _observe(net, x, y, x_test, y_test, eval_every):
     jax.jit,
     static_argnames=(
         "net", "n_rec", "record_every", "sharpness_every", "eval_every", "lanczos_iter", "mesh",
+        "geometry",
     ),
 )  # fmt: skip
 def fullbatch_run(
     net: FullBatchNet, rs: RunState, hparams: GDWDHparams, x, y, x_test=None, y_test=None, *,
     n_rec: int, record_every: int = 1, sharpness_every: int = 0, eval_every: int = 0,
-    lanczos_iter: int = 20, mesh=None,
+    lanczos_iter: int = 20, mesh=None, geometry: str = "sphere",
 ) -> tuple[RunState, FullBatchRecords]:  # fmt: skip
     """``n_rec · record_every`` steps of full-batch GD+WD, eq. (1), from ``rs``, in one program.
 
@@ -246,7 +262,11 @@ def fullbatch_run(
       x, y: the training batch ``(N, ...)``, ``(N,)`` integer labels; x_test, y_test: optional.
       mesh: a mesh with axis ``"batch"`` (:func:`eosflow.batch_sharding.batch_mesh`) to pin the
         data's sharding and replicate the state and records; ``None``: whatever the inputs carry.
+      geometry: ``"sphere"`` (default): the spherical sharpness at ``w_t/||w_t||``; ``"plain"``:
+        ``λ1(∇²L(w_t))`` at ``w_t`` itself, for a net without BN (Figure 2's no-BN ablation).
     """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"fullbatch_run: geometry must be one of {GEOMETRIES}, got {geometry!r}")
     for k, every in (("sharpness_every", sharpness_every), ("eval_every", eval_every)):
         if every % record_every:
             raise ValueError(f"fullbatch_run: {k}={every} is not a multiple of {record_every=}")
@@ -256,7 +276,8 @@ def fullbatch_run(
     if mesh is not None:
         x, y, x_test, y_test = constrain(mesh, BATCH_AXIS, (x, y, x_test, y_test))
     rs, rec = run_records(
-        lambda w: fullbatch_loss(net, w, x, y), gd_wd, rs, hparams, n_rec=n_rec,
+        lambda w: fullbatch_loss(net, w, x, y), gd_wd if geometry == "sphere" else _GD_WD_PLAIN,
+        rs, hparams, n_rec=n_rec,
         steps=rs.step + n_rec * record_every, record_every=record_every,
         sharpness_every=sharpness_every, lanczos_iter=lanczos_iter, full_records=True,
         observe=_observe(net, x, y, x_test, y_test, eval_every),
@@ -265,6 +286,7 @@ def fullbatch_run(
     out = FullBatchRecords(
         rec.step, rec.info.loss, rec.info.grad_norm, rec.info.norm, rec.info.eff_lr, norms,
         effective_lr(norms, hparams.lr, hparams.wd), rec.sharpness, accs[:, 0], accs[:, 1],
+        accs[:, 2],
     )  # fmt: skip
     if mesh is not None:
         rs, out = constrain(mesh, None, (rs, out))

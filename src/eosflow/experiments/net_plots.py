@@ -48,8 +48,10 @@ def plot(out: Path) -> list[Path]:
     (a_test, a_sharp, a_loss), (a_eos, a_train, a_norm) = ax
     for r in runs:
         st, col, lab = a[f"{r}_step"], COLORS[r], LABELS[r]
-        a_test.plot(st, 100 * a[f"{r}_test_acc"], color=col, label=lab)
-        a_train.plot(st, 100 * a[f"{r}_train_acc"], color=col, label=lab)
+        for axis, key in ((a_test, "test_acc"), (a_train, "train_acc")):
+            acc = a[f"{r}_{key}"]  # NaN between evaluations (fullbatch engine, eval_every)
+            ok = np.isfinite(acc)
+            axis.plot(st[ok], 100 * acc[ok], color=col, label=lab)
         a_loss.semilogy(st, a[f"{r}_loss"], color=col, label=lab)
         a_norm.semilogy(st, a[f"{r}_norm"], color=col, label=lab)
         sharp = a[f"{r}_hess_top"] if r == "no_bn" else a[f"{r}_sharpness"]
@@ -77,10 +79,12 @@ def plot(out: Path) -> list[Path]:
     arch = {
         "mlp": f"MLP{tuple(c['widths'])}",
         "vgg11": f"VGG-11 x{c['vgg_width']}",
+        "resnet20": f"ResNet-20 x{c.get('resnet_width')} ({c['activation']})",
         "cnn1d": f"CNN1D{tuple(c.get('cnn_channels', ()))} k{c.get('cnn_kernel')} s{c.get('cnn_stride')}",
     }[c["arch"]]
+    n_train = summary["key_numbers"].get("n_train", "?")
     fig.suptitle(
-        f"Figure 2: {arch} on {c['dataset']} (subset {c['subset']}/class), γ={c['logit_scale']}, "
+        f"Figure 2: {arch} on {c['dataset']} ({n_train} training examples), γ={c['logit_scale']}, "
         f"lr={c['lr']}, wd={c['wd']}, {c['steps']} steps (dotted: 100% train accuracy)"
     )
     return [save_figure(fig, out / "figure2.png")]

@@ -60,6 +60,7 @@ Array = jax.Array
 PyTree = Any
 
 __all__ = [
+    "BNSites",
     "VGG11",
     "MLP",
     "VGG",
@@ -101,8 +102,9 @@ def batch_normalize(h: Array, stats: BNStats | None = None) -> tuple[Array, BNSt
     return (h - mu) / sigma, stats
 
 
-class _Norm:
-    """Hands out the supplied statistics site by site and collects the ones used."""
+class BNSites:
+    """The BN sites of one forward pass: hands out the supplied statistics site by site (or
+    computes full-batch ones when ``stats`` is ``None``) and collects the ones used."""
 
     def __init__(self, stats: Sequence[BNStats] | None):
         self.given = stats
@@ -157,7 +159,7 @@ class MLP(nn.Module):
         act = _activation(self.activation)
         if self.bn:
             _check_stats(stats, len(self.widths) + 1, "MLP")
-        norm = _Norm(stats)
+        norm = BNSites(stats)
         h = x.reshape(x.shape[0], -1)
         for n in self.widths:
             h = nn.Dense(n, use_bias=not self.bn)(h)
@@ -206,7 +208,7 @@ class VGG(nn.Module):
             raise ValueError(f"VGG expects NHWC images, got shape {x.shape}")
         if self.bn:
             _check_stats(stats, sum(c != "M" for c in self.config) + 1, "VGG")
-        norm = _Norm(stats)
+        norm = BNSites(stats)
         h = x
         for c in self.config:
             if c == "M":

@@ -66,7 +66,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from eosflow.nets import ACTIVATIONS, BNStats, batch_normalize
+from eosflow.nets import ACTIVATIONS, BNSites, BNStats
 
 Array = jax.Array
 
@@ -85,20 +85,6 @@ def _resnet_activation(name: str) -> Callable[[Array], Array]:
     if name not in RESNET_ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(RESNET_ACTIVATIONS)}")
     return RESNET_ACTIVATIONS[name]
-
-
-class _Sites:
-    """BN sites of one call: hands out given statistics in order and collects the ones used."""
-
-    def __init__(self, stats: Sequence[BNStats] | None):
-        self.given = stats
-        self.used: list[BNStats] = []
-
-    def __call__(self, h: Array) -> Array:
-        s = None if self.given is None else self.given[len(self.used)]
-        h, s = batch_normalize(h, s)
-        self.used.append(s)
-        return h
 
 
 class BasicBlock(nn.Module):
@@ -127,7 +113,7 @@ class BasicBlock(nn.Module):
         act = _resnet_activation(self.activation)
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
-        norm = _Sites(stats)
+        norm = BNSites(stats)
         bias = not self.bn
         h = nn.Conv(self.features, (3, 3), self.stride, _PAD, use_bias=bias, name="conv1")(x)
         h = act(norm(h) if self.bn else h)
@@ -217,7 +203,7 @@ class ResNet20(nn.Module):
             raise ValueError(
                 f"ResNet20: got statistics for {len(stats)} BN sites, the net has {n_sites}"
             )
-        norm = _Sites(stats)
+        norm = BNSites(stats)
         h = nn.Conv(plan[0]["c_in"], (3, 3), 1, _PAD, use_bias=not self.bn, name="stem")(x)
         h = act(norm(h) if self.bn else h)
         block = nn.remat(BasicBlock) if self.remat else BasicBlock

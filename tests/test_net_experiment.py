@@ -92,6 +92,7 @@ MNIST1D_SMALL = [
 ]
 
 
+@pytest.mark.slow  # ~55 s; the net experiment's end-to-end run is test_net_outputs
 def test_net_mnist1d_cnn1d_end_to_end(tmp_path_factory):
     """MNIST-1D with the 1-D CNN through the command line (80 train / 100 test sequences, 400
     steps): files, figure, and key numbers recomputed from the saved arrays."""

@@ -62,42 +62,48 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, uninterrupted
     assert not (out / ".checkpoints").exists(), "checkpoints are removed when the run finishes"
 
 
-def test_resume_refuses_other_settings_and_finished_runs(tmp_path):
+def _cli(args, capsys):
+    """``eosflow ARGS`` in this process (no interpreter start-up): ``(exit status, stderr)``."""
+    from eosflow import cli
+
+    rc = cli.main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings_and_finished_runs(tmp_path, capsys):
     out = tmp_path / "out"
-    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
-    assert r.returncode == 2 and "no interrupted run" in r.stderr
+    rc, err = _cli([*ARGS, "--out", out, "--resume"], capsys)
+    assert rc == 2 and "no interrupted run" in err
     assert not out.exists(), "a refused --resume creates nothing"
     out.mkdir()
     (out / "summary.json").write_text("{}")
-    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
-    assert r.returncode == 2 and "holds a finished run" in r.stderr
+    rc, err = _cli([*ARGS, "--out", out, "--resume"], capsys)
+    assert rc == 2 and "holds a finished run" in err
     (out / "summary.json").unlink()
     (out / ".checkpoints").mkdir(parents=True)
     (out / ".checkpoints" / "settings.json").write_text(
         '{"experiment": "norm-dynamics", "config": {"steps": 1}}'
     )
-    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
-    assert r.returncode == 2 and "other settings" in r.stderr and "steps" in r.stderr
-    r = run_cli([*ARGS, "--out", out, "--resume", "--force"], cwd=tmp_path)
-    assert r.returncode == 2 and "exclude" in r.stderr
+    rc, err = _cli([*ARGS, "--out", out, "--resume"], capsys)
+    assert rc == 2 and "other settings" in err and "steps" in err
+    rc, err = _cli([*ARGS, "--out", out, "--resume", "--force"], capsys)
+    assert rc == 2 and "exclude" in err
     (out / ".checkpoints" / "settings.json").write_text("{not json")
-    r = run_cli([*ARGS, "--out", out, "--resume"], cwd=tmp_path)
-    assert (
-        r.returncode == 2 and "cannot read" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    )
+    rc, err = _cli([*ARGS, "--out", out, "--resume"], capsys)
+    assert rc == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
 
 
-def test_force_clears_stale_checkpoints(tmp_path):
+def test_force_clears_stale_checkpoints(tmp_path, capsys):
     """``--force`` over an interrupted run starts afresh: its stale checkpoint (here one of a
     run with other arguments, which ``run_chunked`` would refuse) is removed, not resumed."""
     out = tmp_path / "out"
     (out / ".checkpoints").mkdir(parents=True)
     (out / ".checkpoints" / "settings.json").write_text('{"experiment": "x", "config": {}}')
     np.savez(out / ".checkpoints" / "run.npz", fingerprint=np.asarray("another run"))
-    r = run_cli([*ARGS, "--steps", "300", "--out", out], cwd=tmp_path)
-    assert r.returncode == 2 and "--resume" in r.stderr and "--force" in r.stderr
-    r = run_cli([*ARGS, "--steps", "300", "--out", out, "--force"], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    rc, err = _cli([*ARGS, "--steps", "300", "--out", out], capsys)
+    assert rc == 2 and "--resume" in err and "--force" in err
+    rc, err = _cli([*ARGS, "--steps", "300", "--out", out, "--force", "--no-progress"], capsys)
+    assert rc == 0, err
     assert (out / "arrays.npz").exists() and not (out / ".checkpoints").exists()
 
 

@@ -410,6 +410,7 @@ LINREG_PHASES = [
 ]
 
 
+@pytest.mark.slow  # ~40 s subprocess run of linreg-bn --quick; phase()/bar() are tested below
 def test_linreg_quick_names_each_phase_in_order(tmp_path):
     """The user's report: ~14 s of the run were silent. Every phase now starts with a line, and
     the ones made of steps or points draw a bar (plain lines: stderr is not a terminal)."""

@@ -1,11 +1,15 @@
 """Helpers shared by the test files: the ``eosflow`` command in a subprocess, a quick experiment
-run with its outputs loaded, and a simulated Ctrl-C after the n-th saved chunk."""
+run with its outputs loaded, a simulated Ctrl-C after the n-th saved chunk, and a real
+``kill -9`` once a checkpoint file appears."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -23,6 +27,20 @@ def run_cli(args, cwd, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+def kill_9_after_checkpoint(args, cwd, ckpt, timeout=300):
+    """Start ``python -m eosflow.cli ARGS`` in ``cwd``, SIGKILL it as soon as the checkpoint file
+    ``ckpt`` exists (or it ended, or ``timeout`` s passed), and wait for it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eosflow.cli", *map(str, args)],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + timeout
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def quick_run(tmp_path_factory, name, *extra, timeout=600):

@@ -10,15 +10,9 @@ data closed over — the independent computation the sharded one is checked agai
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
-from _helpers import run_cli
+from _helpers import kill_9_after_checkpoint, run_cli
 
 STEPS = 400
 SMALL = [
@@ -124,16 +118,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, uninterrupted
     uninterrupted run's (wall-clock fields aside)."""
     _, ref, _ = uninterrupted
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eosflow.cli", *ARGS, "--out", str(out)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     ckpt = out / ".checkpoints" / "no_bn_.npz"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after_checkpoint([*ARGS, "--out", out], tmp_path, ckpt)
     assert ckpt.exists() and not (out / "arrays.npz").exists(), "killed mid-run, checkpoint saved"
     with np.load(ckpt) as z:
         done = int(z["done"])

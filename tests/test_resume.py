@@ -3,15 +3,9 @@ last saved chunk and ends with the arrays of an uninterrupted run, bit for bit (
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
-from _helpers import run_cli
+from _helpers import kill_9_after_checkpoint, run_cli
 
 # norm-dynamics at quick size, made long enough (~10 chunks) to be killed between two chunks.
 ARGS = ["run", "norm-dynamics", "--quick", "--steps", "6000", "--no-plot"]
@@ -32,16 +26,8 @@ def uninterrupted(tmp_path_factory):
 
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eosflow.cli", *ARGS, "--out", str(out)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     ckpt = out / ".checkpoints" / "run.npz"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after_checkpoint([*ARGS, "--out", out], tmp_path, ckpt)
     assert ckpt.exists() and not (out / "arrays.npz").exists(), "killed mid-run, checkpoint saved"
     with np.load(ckpt) as z:
         done = int(z["done"])
